@@ -1,0 +1,3 @@
+"""opsflow: durable workflows for operations runbooks, built on Temporal."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Activities: each runbook's side effects, built on ``opsflow.adapters``."""

@@ -1,0 +1,50 @@
+"""Activities every runbook shares: the runs read model, audit events, mail."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from psycopg_pool import AsyncConnectionPool
+from temporalio import activity
+
+from opsflow.adapters import audit, runs
+from opsflow.adapters.mail import Mailer, deliver_mail
+from opsflow.shared.common import AuditEventIn, MailMessage, RunRecord
+
+OPEN_STATUSES = {"running", "started"}
+
+
+class PlatformActivities:
+    """Bookkeeping against the opsflow database. Every method is idempotent."""
+
+    def __init__(self, opsflow_pool: AsyncConnectionPool, mailer: Mailer) -> None:
+        self.pool = opsflow_pool
+        self.mailer = mailer
+
+    @activity.defn(name="platform.record_run")
+    async def record_run(self, rec: RunRecord) -> None:
+        """Upsert the run's row; the first call sets started_at, a final status ended_at."""
+        now = datetime.now(UTC)
+        if rec.status in OPEN_STATUSES:
+            await runs.upsert_run(self.pool, rec, started_at=now)
+        else:
+            await runs.upsert_run(self.pool, rec, ended_at=now)
+
+    @activity.defn(name="platform.audit")
+    async def audit(self, event: AuditEventIn) -> None:
+        """Append an audit event once per (run, action, target), even across retries."""
+        async with self.pool.connection() as conn, conn.transaction():
+            if event.workflow_id and event.run_id:
+                cur = await conn.execute(
+                    """SELECT 1 FROM audit_events WHERE workflow_id = %s AND run_id = %s
+                       AND action = %s AND target = %s LIMIT 1""",
+                    (event.workflow_id, event.run_id, event.action, event.target),
+                )
+                if await cur.fetchone():
+                    return
+            await audit.append_event(conn, event)
+
+    @activity.defn(name="platform.send_mail")
+    async def send_mail(self, msg: MailMessage) -> str:
+        """Send one mail at most once per idempotency key."""
+        return await deliver_mail(self.pool, self.mailer, msg)

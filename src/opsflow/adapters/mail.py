@@ -1,0 +1,152 @@
+"""SMTP delivery with test mode, an allowlist and a notifications ledger.
+
+Every mail carries an idempotency key that becomes its ``Message-ID`` and the key of its
+``notifications`` row, so a retried activity that already delivered does not send again, and
+``health-check`` can count failed deliveries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import smtplib
+import ssl
+from dataclasses import dataclass
+from email.message import EmailMessage
+from email.utils import formatdate
+
+import structlog
+from psycopg_pool import AsyncConnectionPool
+
+from opsflow.config import Settings
+from opsflow.shared.common import MailMessage
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class SmtpConfig:
+    """Where and how to deliver mail."""
+
+    host: str
+    port: int
+    sender: str
+    username: str | None = None
+    password: str | None = None
+    starttls: bool = False
+    test_mode: bool = True
+    allowlist: tuple[str, ...] = ()
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> SmtpConfig:
+        """Build from settings (the password stays out of repr)."""
+        return cls(
+            host=s.smtp_host,
+            port=s.smtp_port,
+            sender=s.smtp_from,
+            username=s.smtp_username,
+            password=s.smtp_password.get_secret_value() if s.smtp_password else None,
+            starttls=s.smtp_starttls,
+            test_mode=s.mail_test_mode,
+            allowlist=tuple(s.mail_allowlist),
+        )
+
+    def __repr__(self) -> str:
+        return f"SmtpConfig(host={self.host!r}, port={self.port}, test_mode={self.test_mode})"
+
+
+def message_id(key: str) -> str:
+    """Deterministic Message-ID for an idempotency key."""
+    safe = "".join(c if c.isalnum() or c in "-._" else "." for c in key)
+    return f"<{safe}@opsflow>"
+
+
+class Mailer:
+    """Sends one message over SMTP (blocking I/O runs in a thread)."""
+
+    def __init__(self, config: SmtpConfig) -> None:
+        self.config = config
+
+    def allowed(self, address: str) -> bool:
+        """In test mode, only allowlisted addresses receive mail."""
+        if not self.config.test_mode:
+            return True
+        return any(fnmatch.fnmatch(address.lower(), p.lower()) for p in self.config.allowlist)
+
+    def build(self, msg: MailMessage, recipients: list[str]) -> EmailMessage:
+        """Build the MIME message."""
+        em = EmailMessage()
+        em["From"] = self.config.sender
+        em["To"] = ", ".join(recipients)
+        em["Subject"] = msg.subject
+        em["Date"] = formatdate(localtime=False, usegmt=True)
+        em["Message-ID"] = message_id(msg.idempotency_key)
+        em["X-Opsflow-Kind"] = msg.kind
+        em.set_content(msg.body)
+        return em
+
+    def _send_blocking(self, em: EmailMessage, recipients: list[str]) -> None:
+        c = self.config
+        with smtplib.SMTP(c.host, c.port, timeout=30) as smtp:
+            if c.starttls:
+                smtp.starttls(context=ssl.create_default_context())
+            if c.username and c.password:
+                smtp.login(c.username, c.password)
+            smtp.send_message(em, to_addrs=recipients)
+
+    async def send(self, msg: MailMessage, recipients: list[str]) -> None:
+        """Deliver to the given recipients."""
+        await asyncio.to_thread(self._send_blocking, self.build(msg, recipients), recipients)
+
+
+async def deliver_mail(pool: AsyncConnectionPool, mailer: Mailer, msg: MailMessage) -> str:
+    """Deliver ``msg`` at most once per idempotency key; return the notification status.
+
+    Statuses: ``sent``; ``suppressed`` (test mode dropped every recipient); raises on an SMTP
+    failure after recording it, so the activity retries.
+    """
+    allowed = [r for r in msg.to if mailer.allowed(r)]
+    async with pool.connection() as conn:
+        row = await (
+            await conn.execute(
+                """INSERT INTO notifications (idempotency_key, channel, recipients, subject, status)
+                   VALUES (%s, 'mail', %s, %s, 'pending')
+                   ON CONFLICT (idempotency_key) DO UPDATE SET attempts = notifications.attempts
+                   RETURNING status""",
+                (msg.idempotency_key, msg.to, msg.subject),
+            )
+        ).fetchone()
+    status = _first(row)
+    if status in ("sent", "suppressed"):
+        return status
+    if not allowed:
+        await _set_status(pool, msg.idempotency_key, "suppressed", None)
+        log.info("mail suppressed by test mode", key=msg.idempotency_key, recipients=len(msg.to))
+        return "suppressed"
+    try:
+        await mailer.send(msg, allowed)
+    except (OSError, smtplib.SMTPException) as exc:
+        await _set_status(pool, msg.idempotency_key, "failed", f"{type(exc).__name__}: {exc}")
+        log.warning("mail delivery failed", key=msg.idempotency_key, error=type(exc).__name__)
+        raise
+    await _set_status(pool, msg.idempotency_key, "sent", None)
+    return "sent"
+
+
+def _first(row: object) -> str:
+    if isinstance(row, dict):
+        return str(next(iter(row.values())))
+    if isinstance(row, tuple):
+        return str(row[0])
+    return ""
+
+
+async def _set_status(pool: AsyncConnectionPool, key: str, status: str, error: str | None) -> None:
+    async with pool.connection() as conn:
+        await conn.execute(
+            """UPDATE notifications SET status = %s, attempts = attempts + 1,
+                      last_error = COALESCE(%s, last_error),
+                      sent_at = CASE WHEN %s IN ('sent', 'suppressed') THEN now() ELSE sent_at END
+               WHERE idempotency_key = %s""",
+            (status, error, status, key),
+        )

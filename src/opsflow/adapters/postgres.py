@@ -1,0 +1,83 @@
+"""PostgreSQL connection pools (psycopg 3 + psycopg_pool), rows as dicts.
+
+Only ``worker/`` and ``api/`` build pools; everything else receives one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from psycopg.rows import DictRow, dict_row
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from opsflow.config import redact_url
+
+#: The pool type the platform passes around (rows come back as ``dict[str, Any]``).
+Pool = AsyncConnectionPool[psycopg.AsyncConnection[DictRow]]
+
+
+def redacted(url: str) -> str:
+    """Return ``url`` with its password hidden, safe for logs and error messages."""
+    return redact_url(url)
+
+
+def libpq_url(url: str) -> str:
+    """Accept SQLAlchemy-style URLs (``postgresql+psycopg://``) too, as libpq URLs."""
+    for prefix in ("postgresql+psycopg://", "postgresql+psycopg2://"):
+        if url.startswith(prefix):
+            return "postgresql://" + url[len(prefix) :]
+    return url
+
+
+async def open_pool(
+    url: str,
+    *,
+    name: str,
+    min_size: int = 1,
+    max_size: int = 10,
+    timeout: float = 30.0,  # noqa: ASYNC109 - the pool's own timeout setting, passed on
+) -> Pool:
+    """Open a connection pool and wait until its first connections work.
+
+    Connections carry ``application_name=opsflow-<name>`` (visible in ``pg_stat_activity``)
+    and return rows as dicts. A connection that broke while idle (server restart) is replaced
+    at checkout instead of failing the caller.
+
+    Args:
+        url: libpq URL of the database.
+        name: Pool name, for logs and ``application_name``.
+        min_size: Connections kept open.
+        max_size: Upper bound of connections.
+        timeout: Seconds to wait for the first connections before giving up (also
+            the default wait for a connection at checkout).
+
+    Returns:
+        The open pool; close it with ``await pool.close()``.
+
+    Raises:
+        ConnectionError: The database was not reachable in time (the message names the URL
+            without its password).
+
+    """
+    kwargs: dict[str, Any] = {"row_factory": dict_row, "application_name": f"opsflow-{name}"}
+    pool: Pool = AsyncConnectionPool(
+        libpq_url(url),
+        name=name,
+        min_size=min_size,
+        max_size=max_size,
+        kwargs=kwargs,
+        open=False,
+        timeout=timeout,
+        check=AsyncConnectionPool.check_connection,
+        connection_class=psycopg.AsyncConnection[DictRow],
+    )
+    try:
+        await pool.open(wait=True, timeout=timeout)
+    except PoolTimeout as exc:
+        await pool.close()
+        # PoolTimeout's own message names no URL; ours names the database, password hidden.
+        raise ConnectionError(
+            f"database pool {name!r} could not connect to {redacted(url)} within {timeout:g}s"
+        ) from exc
+    return pool

@@ -1,0 +1,5 @@
+"""Alembic environment; the shared body lives in :func:`opsflow.db.run_env`."""
+
+from opsflow.db import run_env
+
+run_env()

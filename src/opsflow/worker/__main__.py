@@ -1,0 +1,5 @@
+"""``python -m opsflow.worker``."""
+
+from opsflow.worker.main import main
+
+main()

@@ -1,0 +1,126 @@
+"""``opsflow worker``: runs every catalog workflow and the activities on the task queue."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+import structlog
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from opsflow.activities.dev_role_elevation import DevRoleElevationActivities
+from opsflow.activities.health_check import HealthCheckActivities
+from opsflow.activities.platform import PlatformActivities
+from opsflow.adapters.mail import Mailer, SmtpConfig
+from opsflow.adapters.postgres import open_pool
+from opsflow.adapters.s3 import make_s3_client
+from opsflow.catalog import ALL_WORKFLOWS, RUNBOOKS
+from opsflow.config import Settings, load_settings
+from opsflow.worker.client import connect, metrics_runtime
+
+log = structlog.get_logger("opsflow.worker")
+
+
+def build_activities(
+    settings: Settings, ops_pool: Any, app_pool: Any, client: Client | None
+) -> list[Any]:
+    """Every activity callable, with its dependencies injected."""
+    mailer = Mailer(SmtpConfig.from_settings(settings))
+    s3 = make_s3_client(settings)
+    schedules = {
+        spec.schedule.id: spec.schedule.interval or timedelta(days=1)
+        for spec in RUNBOOKS.values()
+        if spec.schedule is not None
+    }
+    platform = PlatformActivities(ops_pool, mailer)
+    dev_role = DevRoleElevationActivities(app_pool, ops_pool, mailer)
+    health = HealthCheckActivities(settings, ops_pool, app_pool, s3, mailer, client, schedules)
+    return [
+        platform.record_run,
+        platform.audit,
+        platform.send_mail,
+        dev_role.grant,
+        dev_role.revoke,
+        dev_role.notify_admins,
+        dev_role.developer_actions,
+        dev_role.record_review,
+        health.check_app,
+        health.check_databases,
+        health.check_storage,
+        health.expire_dev_grants,
+        health.hour_figures,
+        health.thresholds,
+        health.open_alerts,
+        health.transition_alert,
+        health.record,
+    ]
+
+
+def build_worker(client: Client, settings: Settings, activities: Sequence[Any]) -> Worker:
+    """Build the worker; pollers sized for the dev server's SQLite store (see DESIGN.md)."""
+    return Worker(
+        client,
+        task_queue=settings.temporal_task_queue,
+        workflows=ALL_WORKFLOWS,
+        activities=list(activities),
+        max_concurrent_activities=settings.worker_max_concurrent_activities,
+        max_concurrent_workflow_task_polls=settings.worker_workflow_task_polls,
+        nonsticky_to_sticky_poll_ratio=0.5,
+        graceful_shutdown_timeout=timedelta(seconds=10),
+    )
+
+
+async def run(settings: Settings) -> None:
+    """Connect, serve until SIGTERM/SIGINT, then shut down gracefully."""
+    runtime = metrics_runtime(f"127.0.0.1:{settings.worker_metrics_port}")
+    client = await connect(settings, runtime=runtime)
+    ops_pool = await open_pool(
+        settings.database_url.get_secret_value(), name="opsflow", max_size=settings.db_pool_max
+    )
+    app_pool = await open_pool(
+        settings.target_database_url.get_secret_value(), name="app", max_size=settings.db_pool_max
+    )
+    worker = build_worker(client, settings, build_activities(settings, ops_pool, app_pool, client))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info(
+        "worker started",
+        task_queue=settings.temporal_task_queue,
+        temporal=settings.temporal_address,
+        metrics_port=settings.worker_metrics_port,
+    )
+    async with worker:
+        await stop.wait()
+        log.info("worker stopping gracefully")
+    await ops_pool.close()
+    await app_pool.close()
+    log.info("worker stopped")
+
+
+def main() -> None:
+    """Entry point of ``opsflow worker``."""
+    settings = load_settings()
+    try:
+        from opsflow.logs import configure_logging
+
+        configure_logging(settings, "worker")
+    except ImportError:
+        pass
+    code = 0
+    try:
+        asyncio.run(run(settings))
+    except Exception:
+        log.exception("worker failed")
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # The SDK's runtime can abort at interpreter exit (sdk-python#300): leave without it.
+    os._exit(code)

@@ -1,0 +1,1 @@
+"""Runbook workflows: one module per runbook, pure and deterministic."""

@@ -1,0 +1,172 @@
+"""The local mail and SMS/webhook sinks: what they store, refuse and deduplicate."""
+
+from __future__ import annotations
+
+import smtplib
+from collections.abc import Iterator
+from email.message import EmailMessage
+from pathlib import Path
+
+import httpx
+import pytest
+
+from opsflow.dev.ports import DevPorts
+from opsflow.dev.sinks import HttpSink, MailSink, read_envelopes, read_mails
+
+
+@pytest.fixture
+def sinks(tmp_path: Path) -> Iterator[tuple[MailSink, HttpSink, str]]:
+    ports = DevPorts.free()
+    mail = MailSink(tmp_path / "mail", ports.smtp)
+    http = HttpSink(tmp_path / "sms", ports.sms, token="s3cret-token", mail=mail)
+    mail.start()
+    http.start()
+    try:
+        yield mail, http, f"http://127.0.0.1:{ports.sms}"
+    finally:
+        http.stop()
+        mail.stop()
+
+
+def _send(port: int, to: list[str], subject: str, bcc: list[str] | None = None) -> None:
+    msg = EmailMessage()
+    msg["From"] = "opsflow@localhost"
+    msg["To"] = ", ".join(to)
+    msg["Subject"] = subject
+    msg.set_content("body text")
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as smtp:
+        smtp.send_message(msg, to_addrs=to + (bcc or []))
+
+
+def test_mail_sink_keeps_each_message_as_eml_with_envelope(
+    sinks: tuple[MailSink, HttpSink, str],
+) -> None:
+    mail, _http, _url = sinks
+    _send(mail.port, ["a@example.com"], "first", bcc=["hidden@example.com"])
+    _send(mail.port, ["b@example.com"], "second")
+    files = sorted(mail.folder.glob("*.eml"))
+    assert len(files) == 2
+    msgs = read_mails(mail.folder)
+    assert [m["Subject"] for m in msgs] == ["first", "second"]
+    assert msgs[0]["X-Opsflow-Envelope-To"] == "a@example.com, hidden@example.com"
+    assert msgs[0]["X-Opsflow-Envelope-From"] == "opsflow@localhost"
+    assert "Bcc" not in msgs[0]
+    assert msgs[1].get_content().strip() == "body text"
+
+
+def test_mail_sink_accepts_login_without_tls(sinks: tuple[MailSink, HttpSink, str]) -> None:
+    mail, _http, _url = sinks
+    with smtplib.SMTP("127.0.0.1", mail.port, timeout=10) as smtp:
+        smtp.login("user", "password")
+        smtp.sendmail("x@localhost", ["y@example.com"], b"Subject: hi\r\n\r\nbody\r\n")
+    assert len(mail.messages()) == 1
+
+
+def test_mail_sink_fault_injection_refuses_then_recovers(
+    sinks: tuple[MailSink, HttpSink, str],
+) -> None:
+    mail, _http, url = sinks
+    r = httpx.post(f"{url}/_sink/faults", json={"mail_fail_next": 1})
+    assert r.status_code == 200
+    with pytest.raises(smtplib.SMTPDataError) as err:
+        _send(mail.port, ["a@example.com"], "refused")
+    assert err.value.smtp_code == 451
+    _send(mail.port, ["a@example.com"], "accepted")
+    assert [m["Subject"] for m in mail.messages()] == ["accepted"]
+
+
+def test_sms_sink_requires_the_bearer_token(sinks: tuple[MailSink, HttpSink, str]) -> None:
+    _mail, http, url = sinks
+    assert httpx.post(f"{url}/sms", json={"to": "+1"}).status_code == 401
+    bad = {"Authorization": "Bearer wrong"}
+    assert httpx.post(f"{url}/sms", json={"to": "+1"}, headers=bad).status_code == 401
+    assert http.messages() == []
+
+
+def test_sms_sink_stores_json_and_deduplicates_by_idempotency_key(
+    sinks: tuple[MailSink, HttpSink, str],
+) -> None:
+    _mail, http, url = sinks
+    auth = {"Authorization": "Bearer s3cret-token"}
+    first = httpx.post(
+        f"{url}/sms",
+        json={"to": "+15550001", "text": "disk full"},
+        headers={**auth, "Idempotency-Key": "k-1"},
+    )
+    assert first.status_code == 201
+    assert first.json()["stored"] is True
+    again = httpx.post(
+        f"{url}/sms",
+        json={"to": "+15550001", "text": "disk full"},
+        headers={**auth, "Idempotency-Key": "k-1"},
+    )
+    assert again.status_code == 200
+    assert again.json()["duplicate"] is True
+    # The same key on another channel is another message.
+    hook = httpx.post(
+        f"{url}/webhook/pager", json={"event": "x"}, headers={**auth, "Idempotency-Key": "k-1"}
+    )
+    assert hook.status_code == 201
+    plain = httpx.post(f"{url}/sms", json={"to": "+2"}, headers=auth)
+    assert plain.status_code == 201
+    stored = read_envelopes(http.folder)
+    assert [(e["channel"], e["idempotency_key"]) for e in stored] == [
+        ("sms", "k-1"),
+        ("webhook/pager", "k-1"),
+        ("sms", None),
+    ]
+    assert stored[0]["body"] == {"to": "+15550001", "text": "disk full"}
+    listed = httpx.get(f"{url}/_sink/messages").json()["messages"]
+    assert len(listed) == 3
+
+
+def test_sms_sink_remembers_keys_across_restart(tmp_path: Path) -> None:
+    port = DevPorts.free().sms
+    first = HttpSink(tmp_path, port)
+    first.start()
+    try:
+        r = httpx.post(f"http://127.0.0.1:{port}/sms", json={}, headers={"Idempotency-Key": "a"})
+        assert r.status_code == 201
+    finally:
+        first.stop()
+    second = HttpSink(tmp_path, port)
+    second.start()
+    try:
+        r = httpx.post(f"http://127.0.0.1:{port}/sms", json={}, headers={"Idempotency-Key": "a"})
+        assert r.status_code == 200
+        assert len(second.messages()) == 1
+    finally:
+        second.stop()
+
+
+def test_sms_sink_refuses_bad_bodies_and_paths(sinks: tuple[MailSink, HttpSink, str]) -> None:
+    _mail, http, url = sinks
+    auth = {"Authorization": "Bearer s3cret-token", "Content-Type": "application/json"}
+    assert httpx.post(f"{url}/sms", content=b"{not json", headers=auth).status_code == 400
+    big = b'"' + b"x" * (1024 * 1024 + 10) + b'"'
+    assert httpx.post(f"{url}/sms", content=big, headers=auth).status_code == 413
+    assert httpx.post(f"{url}/other", json={}, headers=auth).status_code == 404
+    assert httpx.post(f"{url}/webhook/../../etc", json={}, headers=auth).status_code == 404
+    assert http.messages() == []
+
+
+def test_sms_sink_fault_injection(sinks: tuple[MailSink, HttpSink, str]) -> None:
+    _mail, http, url = sinks
+    auth = {"Authorization": "Bearer s3cret-token"}
+    http.fail_next(2, status=502)
+    assert httpx.post(f"{url}/sms", json={}, headers=auth).status_code == 502
+    assert httpx.post(f"{url}/sms", json={}, headers=auth).status_code == 502
+    assert httpx.post(f"{url}/sms", json={}, headers=auth).status_code == 201
+    assert len(http.messages()) == 1
+
+
+def test_app_health_endpoint_is_settable(sinks: tuple[MailSink, HttpSink, str]) -> None:
+    _mail, http, url = sinks
+    ok = httpx.get(f"{url}/api/health")
+    assert (ok.status_code, ok.json()) == (200, {"status": "ok"})
+    r = httpx.put(f"{url}/api/health", json={"status": "degraded", "code": 503})
+    assert r.status_code == 200
+    down = httpx.get(f"{url}/api/health")
+    assert (down.status_code, down.json()) == (503, {"status": "degraded"})
+    http.set_health()
+    assert httpx.get(f"{url}/api/health").json() == {"status": "ok"}
