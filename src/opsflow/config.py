@@ -96,6 +96,8 @@ class Settings(BaseSettings):
     worker_metrics_port: int = 9464
     worker_max_concurrent_activities: int = 50
     worker_workflow_task_polls: int = 20
+    # Workflows kept in the worker's cache (sticky execution); 0 turns sticky queues off.
+    worker_max_cached_workflows: int = 1000
 
     # health-check thresholds (the seed's alert rules).
     health_slow_query_seconds: float = 30.0

@@ -72,6 +72,7 @@ def build_worker(client: Client, settings: Settings, activities: Sequence[Any]) 
         max_concurrent_activities=settings.worker_max_concurrent_activities,
         max_concurrent_workflow_task_polls=settings.worker_workflow_task_polls,
         nonsticky_to_sticky_poll_ratio=0.5,
+        max_cached_workflows=settings.worker_max_cached_workflows,
         graceful_shutdown_timeout=timedelta(seconds=10),
     )
 

@@ -1,0 +1,111 @@
+"""health-check against the real stack: alert mail once when raised, once when resolved."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+from temporalio.client import Client
+from temporalio.common import SearchAttributeKey
+
+from opsflow.shared import ids
+
+pytestmark = pytest.mark.integration
+
+
+def _check(api: httpx.Client, headers: dict[str, str]) -> dict[str, Any]:
+    r = api.post("/runbooks/health-check/runs", headers=headers, json={"notify": True})
+    assert r.status_code == 201, r.text
+    wid = r.json()["id"]
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        run: dict[str, Any] = api.get(f"/runs/{wid}", headers=headers).json()
+        if run["status"] != "RUNNING":
+            assert run["status"] == "COMPLETED", run
+            return run
+        time.sleep(0.3)
+    raise AssertionError(f"{wid} did not finish")
+
+
+def _alert_mails(stack: Any, key: str) -> list[str]:
+    return [str(m["Subject"]) for m in stack.mails() if str(m["Subject"]).endswith(f": {key}")]
+
+
+def test_errors_raise_one_alert_then_one_resolved_mail(stack: Any, databases: Any) -> None:
+    tag = secrets.token_hex(3)
+    headers = {"Authorization": f"Bearer {stack.make_token('operator', name=f'hc-{tag}')}"}
+    with psycopg.connect(databases.app_url) as conn:
+        conn.execute(
+            """INSERT INTO activity_logs (username, role, action, target, level, occurred_at)
+               SELECT 'svc-' || %s, 'service', 'error', 'job:' || g, 'error', now()
+               FROM generate_series(1, 12) g""",
+            (tag,),
+        )
+    with httpx.Client(base_url=stack.api_url, timeout=30) as api:
+        first = _check(api, headers)
+        assert "app_errors" in first["result"]["raised"]
+        assert first["result"]["status"] == "degraded"
+        second = _check(api, headers)
+        assert "app_errors" in second["result"]["firing"]
+        assert "app_errors" not in second["result"]["raised"]
+        report = api.get("/health/report", headers=headers).json()
+        assert any(a["key"] == "app_errors" for a in report["open_alerts"]), report
+        assert report["latest"]["run_id"] == second["run_id"]
+
+        # The errors age out of the hour window: the alert clears, once.
+        with psycopg.connect(databases.app_url) as conn:
+            conn.execute(
+                """UPDATE activity_logs SET occurred_at = now() - interval '2 hours'
+                   WHERE username = 'svc-' || %s""",
+                (tag,),
+            )
+        third = _check(api, headers)
+        assert "app_errors" in third["result"]["resolved"]
+        fourth = _check(api, headers)
+        assert "app_errors" not in fourth["result"]["resolved"] + fourth["result"]["raised"]
+        report = api.get("/health/report", headers=headers).json()
+        assert not any(a["key"] == "app_errors" for a in report["open_alerts"])
+
+    assert _alert_mails(stack, "app_errors") == [
+        "[opsflow] ALERT: app_errors",
+        "[opsflow] RESOLVED: app_errors",
+    ]
+    mail = next(m for m in stack.mails() if str(m["Subject"]) == "[opsflow] ALERT: app_errors")
+    assert "oncall@example.com" in str(mail["To"])
+    assert "12 application errors" in mail.get_content()
+
+    with psycopg.connect(databases.opsflow_admin_url) as conn:
+        rows = conn.execute(
+            """SELECT status, app_ok, observation->'hour'->>'app_errors'
+               FROM health_check_runs WHERE run_id = ANY(%s) ORDER BY checked_at""",
+            ([first["run_id"], third["run_id"]],),
+        ).fetchall()
+        audit = conn.execute(
+            """SELECT action, actor FROM audit_events WHERE target = 'alert:app_errors'
+               ORDER BY id"""
+        ).fetchall()
+    assert len(rows) == 2 and rows[0][0] == "degraded"
+    assert rows[0][1] is True and int(rows[0][2]) >= 12 and int(rows[1][2]) < 12
+    assert [tuple(a) for a in audit][-2:] == [
+        ("alert.raise", "system:health-check"),
+        ("alert.resolve", "system:health-check"),
+    ]
+
+    async def attributes() -> tuple[str | None, str | None, str | None]:
+        client = await Client.connect(stack.temporal_address)
+        desc = await client.get_workflow_handle(first["id"]).describe()
+        sa = desc.typed_search_attributes
+        return (
+            sa.get(SearchAttributeKey.for_keyword(ids.SA_RUNBOOK)),
+            sa.get(SearchAttributeKey.for_keyword(ids.SA_STATE)),
+            sa.get(SearchAttributeKey.for_keyword(ids.SA_ACTOR)),
+        )
+
+    runbook, state, actor = asyncio.run(attributes())
+    assert runbook == "health-check" and state == "degraded"
+    assert actor is not None and actor.startswith(f"token:hc-{tag}")
