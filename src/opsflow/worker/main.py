@@ -23,6 +23,7 @@ from opsflow.adapters.s3 import make_s3_client
 from opsflow.catalog import ALL_WORKFLOWS, RUNBOOKS
 from opsflow.config import Settings, load_settings
 from opsflow.worker.client import connect, metrics_runtime
+from opsflow.worker.interceptors import LogContextInterceptor
 
 log = structlog.get_logger("opsflow.worker")
 
@@ -73,6 +74,7 @@ def build_worker(client: Client, settings: Settings, activities: Sequence[Any]) 
         max_concurrent_workflow_task_polls=settings.worker_workflow_task_polls,
         nonsticky_to_sticky_poll_ratio=0.5,
         max_cached_workflows=settings.worker_max_cached_workflows,
+        interceptors=[LogContextInterceptor()],
         graceful_shutdown_timeout=timedelta(seconds=10),
     )
 
