@@ -30,7 +30,15 @@ from botocore.exceptions import ClientError
 
 from opsflow.dev.ports import DevPorts
 from opsflow.dev.postgres import PrivateCluster, plan_urls, provision
-from opsflow.dev.stack import clean_environ, read_env_file
+from opsflow.dev.procs import StartupError
+from opsflow.dev.stack import (
+    S3_PROBE_BODY,
+    S3_PROBE_KEY,
+    Stack,
+    StackSecrets,
+    clean_environ,
+    read_env_file,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -209,6 +217,12 @@ def test_make_dev_comes_up_stops_cleanly_and_reuses_state(
         buckets = {b["Name"] for b in s3.list_buckets()["Buckets"]}
         assert {"opsflow-audit", "opsflow-backups", "opsflow-attachments"} <= buckets
         s3.put_object(Bucket="opsflow-attachments", Key="devtest/marker.txt", Body=b"kept")
+        # The readiness probe keeps exactly one object per bucket, under its hidden prefix.
+        for bucket in ("opsflow-audit", "opsflow-backups", "opsflow-attachments"):
+            listed = s3.list_objects_v2(Bucket=bucket, Prefix=".opsflow-probe/")
+            assert [o["Key"] for o in listed.get("Contents", [])] == [S3_PROBE_KEY], bucket
+            probe = s3.get_object(Bucket=bucket, Key=S3_PROBE_KEY)
+            assert probe["Body"].read() == S3_PROBE_BODY
         with pytest.raises(ClientError):
             _s3(settings, key="AKIAWRONG", secret="wrong").list_buckets()
         assert (state / "mail").is_dir()
@@ -253,6 +267,43 @@ def test_make_dev_comes_up_stops_cleanly_and_reuses_state(
         code2 = second.interrupt()
     assert code2 == 0, second.text()[-3000:]
     assert _processes_mentioning(str(state)) == []
+
+
+def test_start_s3_returns_only_once_stored_objects_are_served(stack: Stack) -> None:
+    # weed mini answers S3 seconds before it serves stored objects (GetObject said
+    # InternalError in that window): start_s3 must not return inside it. A client without
+    # retries reads right after each restart, so any such window fails the test.
+    s3 = _s3(stack.env)
+    key = f"devtest/restart-{secrets.token_hex(4)}.txt"
+    bucket = stack.env["S3_ATTACHMENTS_BUCKET"]
+    s3.put_object(Bucket=bucket, Key=key, Body=b"survives restarts")
+    try:
+        for _ in range(3):
+            stack.stop_s3()
+            stack.start_s3()
+            got = _s3(stack.env).get_object(Bucket=bucket, Key=key)
+            assert got["Body"].read() == b"survives restarts"
+    finally:
+        _s3(stack.env).delete_object(Bucket=bucket, Key=key)
+
+
+def test_s3_readiness_fails_naming_s3_when_data_is_never_served(stack: Stack) -> None:
+    # A stack whose credentials SeaweedFS refuses: S3 answers, but never serves data.
+    other = Stack(stack.options)
+    other.weed = stack.weed
+    other.secrets = StackSecrets(
+        s3_access_key_id="OPSFWRONGWRONGWRONG1",
+        s3_secret_access_key="not-the-secret-" + secrets.token_hex(8),
+        sms_webhook_token="unused",
+    )
+    started = time.monotonic()
+    with pytest.raises(StartupError) as caught:
+        other.wait_s3_ready(timeout=2)
+    assert time.monotonic() - started < 30, "the wait is bounded"
+    message = str(caught.value)
+    assert f"S3 at {stack.s3_endpoint} did not serve data" in message
+    assert "InvalidAccessKeyId" in message or "AccessDenied" in message, message
+    assert other.secrets.s3_secret_access_key not in message
 
 
 def test_private_postgres_cluster_when_no_server_is_reachable() -> None:

@@ -5,9 +5,10 @@
 attributes), SeaweedFS ``weed mini`` (generated S3 credentials, telemetry off, every port
 pinned), PostgreSQL (the server of ``DATABASE_URL`` when reachable, else a private cluster),
 the SMTP and SMS/webhook sinks, the migrations, the worker and the API (subprocesses) and the
-schedules. :func:`run_dev` adds the terminal side: it prints where everything is and an admin
-token, writes ``<state>/env`` for the CLI, supervises the worker and API and stops everything
-on Ctrl-C.
+schedules. SeaweedFS counts as up only once every bucket serves data back, not when S3 merely
+answers (:meth:`Stack.wait_s3_ready`). :func:`run_dev` adds the terminal side: it prints
+where everything is and an admin token, writes ``<state>/env`` for the CLI, supervises the
+worker and API and stops everything on Ctrl-C.
 
 Supervision policy: if the worker or the API dies unexpectedly, the supervisor says so loudly
 (with the tail of its log) and restarts it once; if the same process dies a second time, or
@@ -52,6 +53,11 @@ ENV_FILE = "env"
 ADMIN_TOKEN_FILE = "admin-token"  # noqa: S105 - a file name, not a secret
 SECRETS_FILE = "secrets.json"
 S3_CONFIG_FILE = "s3-identities.json"
+# The readiness probe object kept in each bucket (see Stack.wait_s3_ready). A hidden prefix
+# of its own, so listings under the platform's prefixes never meet it.
+S3_PROBE_KEY = ".opsflow-probe/ready"
+S3_PROBE_BODY = b"opsflow dev stack: S3 readiness probe, safe to ignore\n"
+S3_READY_TIMEOUT = 90.0
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -173,6 +179,78 @@ class StackOptions:
     extra_env: dict[str, str] = field(default_factory=dict)
 
 
+def _error_code(exc: Exception) -> str:
+    """Return the S3 error code of a botocore ``ClientError`` ("" for other errors)."""
+    response: Any = getattr(exc, "response", None) or {}
+    return str(response.get("Error", {}).get("Code", ""))
+
+
+class _NotServed(Exception):
+    """S3 answered, but not with the probe object's bytes."""
+
+
+@dataclass
+class _S3DataProbe:
+    """One readiness probe of :meth:`Stack.wait_s3_ready`: true once every bucket serves data.
+
+    A bucket that passed is not probed again within the same wait. The last failure is kept
+    in :attr:`last_error` for the error message (botocore messages carry no credentials).
+    """
+
+    client: S3Client
+    buckets: tuple[str, ...]
+    last_error: str = "no answer yet"
+    served: set[str] = field(default_factory=set)
+
+    def __call__(self) -> bool:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        for bucket in self.buckets:
+            if bucket in self.served:
+                continue
+            try:
+                self._probe(bucket)
+            except (BotoCoreError, ClientError, _NotServed) as exc:
+                self.last_error = f"bucket {bucket}: {exc}"
+                return False
+            self.served.add(bucket)
+        return True
+
+    def _probe(self, bucket: str) -> None:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_bucket(Bucket=bucket)
+        except ClientError as exc:
+            if _error_code(exc) not in ("404", "NoSuchBucket"):
+                raise
+            try:
+                self.client.create_bucket(Bucket=bucket)
+            except ClientError as again:
+                # A lost answer to an earlier create: the bucket is there, which is the point.
+                if _error_code(again) not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                    raise
+        if self._read(bucket) == S3_PROBE_BODY:
+            return
+        # Missing (new bucket, or a start interrupted before it was written) or altered.
+        self.client.put_object(Bucket=bucket, Key=S3_PROBE_KEY, Body=S3_PROBE_BODY)
+        body = self._read(bucket)
+        if body != S3_PROBE_BODY:
+            got = "nothing" if body is None else f"{len(body)} other bytes"
+            raise _NotServed(f"{S3_PROBE_KEY} read back {got} after it was written")
+
+    def _read(self, bucket: str) -> bytes | None:
+        """Return the probe object's bytes, None when it does not exist; other errors raise."""
+        from botocore.exceptions import ClientError
+
+        try:
+            return self.client.get_object(Bucket=bucket, Key=S3_PROBE_KEY)["Body"].read()
+        except ClientError as exc:
+            if _error_code(exc) in ("NoSuchKey", "404"):
+                return None
+            raise
+
+
 class Stack:
     """The local platform: start it, use its settings, stop it. See the module notes."""
 
@@ -255,8 +333,8 @@ class Stack:
             upgrade("all", self.settings)
         self.temporal.wait_until(tcp_ready(self.ports.temporal), 60, "its gRPC port opened")
         asyncio.run(self._ensure_search_attributes())
-        self.weed.wait_until(self._s3_ready, 90, "S3 answered")
-        self._ensure_buckets()
+        # Nothing that uses S3 (worker, API) starts before S3 serves data, not merely answers.
+        self.wait_s3_ready()
         if self.options.worker:
             self.worker = self._python_process("worker", "opsflow.worker")
             self.worker.start()
@@ -415,10 +493,6 @@ class Stack:
         env.update(self.options.extra_env)
         return env
 
-    def _s3_ready(self) -> bool:
-        self.s3.list_buckets()
-        return True
-
     @property
     def s3(self) -> S3Client:
         """A boto3 S3 client with the stack's credentials."""
@@ -435,16 +509,64 @@ class Stack:
             "S3_SECRET_ACCESS_KEY": self.secrets.s3_secret_access_key,
         }
 
-    def _ensure_buckets(self) -> None:
-        from botocore.exceptions import ClientError
+    def buckets(self) -> tuple[str, ...]:
+        """Return the buckets the platform uses (audit, backups, attachments), no repeats."""
+        s = self.settings or self._base
+        return tuple(
+            dict.fromkeys([s.s3_audit_bucket, s.s3_backup_bucket, s.s3_attachments_bucket])
+        )
 
-        s3 = self.s3
-        base = self._base
-        for bucket in (base.s3_audit_bucket, base.s3_backup_bucket, base.s3_attachments_bucket):
-            try:
-                s3.head_bucket(Bucket=bucket)
-            except ClientError:
-                s3.create_bucket(Bucket=bucket)
+    def wait_s3_ready(self, timeout: float = S3_READY_TIMEOUT) -> None:
+        """Wait until S3 serves data: every bucket exists and returns its probe object.
+
+        ``weed mini`` answers S3 requests (even lists buckets) a few seconds before its
+        volume server has registered with the master; until then reading an existing object
+        fails with ``InternalError``. So readiness is proven with data: each bucket is
+        created if missing, and the object :data:`S3_PROBE_KEY` is read back and must hold
+        exactly :data:`S3_PROBE_BODY`. On a new state folder the object is first written; on
+        a reused one it was written by an earlier run, so reading it proves that objects
+        stored before this start are served again.
+
+        Args:
+            timeout: Seconds to wait.
+
+        Raises:
+            StartupError: SeaweedFS exited, or S3 did not serve data within ``timeout``
+                (the message has the last S3 error and the tail of the SeaweedFS log).
+
+        """
+        assert self.weed is not None and self.secrets is not None
+        probe = _S3DataProbe(self._probe_client(), self.buckets())
+        try:
+            self.weed.wait_until(probe, timeout, "S3 served data")
+        except StartupError as exc:
+            raise StartupError(
+                f"S3 at {self.s3_endpoint} did not serve data (last S3 error: "
+                f"{probe.last_error}); {exc}"
+            ) from None
+
+    def _probe_client(self) -> S3Client:
+        # Not self.s3: its retries and 30 s read timeout would let one probe outlast the
+        # readiness deadline; here the wait loop does the retrying.
+        import boto3
+        from botocore.config import Config
+
+        assert self.secrets is not None
+        return boto3.client(
+            "s3",
+            endpoint_url=self.s3_endpoint,
+            region_name=(self.settings or self._base).s3_region,
+            aws_access_key_id=self.secrets.s3_access_key_id,
+            aws_secret_access_key=self.secrets.s3_secret_access_key,
+            config=Config(
+                signature_version="s3v4",
+                s3={"addressing_style": "path"},
+                retries={"max_attempts": 1},
+                connect_timeout=2,
+                # A first write waits for SeaweedFS to grow a volume: seconds, not more.
+                read_timeout=15,
+            ),
+        )
 
     async def _client(self) -> Client:
         from temporalio.client import Client
@@ -611,11 +733,16 @@ class Stack:
             self.weed.stop()
 
     def start_s3(self) -> None:
-        """Start SeaweedFS again on the same folder and wait until S3 answers."""
+        """Start SeaweedFS again on the same folder and wait until S3 serves stored data.
+
+        Raises:
+            StartupError: S3 did not serve data in time (see :meth:`wait_s3_ready`).
+
+        """
         if self.weed is None:
             self.weed = self._weed_process()
         self.weed.start()
-        self.weed.wait_until(self._s3_ready, 90, "S3 answered")
+        self.wait_s3_ready()
 
     def restart_temporal(self) -> None:
         """Stop and start the Temporal dev server on the same database file."""
