@@ -81,7 +81,13 @@ class Settings(BaseSettings):
     # Outside production, mail goes only to allowlisted addresses (others are dropped and
     # recorded as suppressed).
     smtp_test_mode: bool | None = None
-    mail_allowlist: list[str] = Field(default_factory=lambda: ["*@example.com", "*@localhost"])
+    # The reserved example domains (RFC 2606) and their subdomains, which the seed uses.
+    mail_allowlist: list[str] = Field(
+        default_factory=lambda: [
+            f"*@{sub}example.{tld}" for tld in ("com", "org", "net") for sub in ("", "*.")
+        ]
+        + ["*@localhost"]
+    )
     oncall_emails: list[str] = Field(default_factory=lambda: ["oncall@example.com"])
 
     sms_webhook_url: str | None = "http://127.0.0.1:1080/sms"

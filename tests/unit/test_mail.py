@@ -1,0 +1,39 @@
+"""Mail test mode: only allowlisted addresses receive mail outside production."""
+
+from __future__ import annotations
+
+from opsflow.adapters.mail import Mailer, SmtpConfig, message_id
+from opsflow.config import Settings
+from opsflow.shared.common import MailMessage
+
+
+def _mailer(**kw: object) -> Mailer:
+    return Mailer(SmtpConfig.from_settings(Settings(_env_file=None, **kw)))  # type: ignore[arg-type]
+
+
+def test_default_allowlist_admits_reserved_example_domains_only() -> None:
+    m = _mailer()
+    assert m.config.test_mode is True
+    for ok in ("a@example.com", "b@t0001.example.com", "c@example.org", "oncall@localhost"):
+        assert m.allowed(ok), ok
+    for no in ("a@gmail.com", "b@notexample.com", "c@example.com.evil.io"):
+        assert not m.allowed(no), no
+
+
+def test_production_turns_test_mode_off_unless_forced() -> None:
+    assert _mailer(opsflow_env="production").allowed("ceo@company.io")
+    assert not _mailer(opsflow_env="production", smtp_test_mode=True).allowed("ceo@company.io")
+
+
+def test_message_id_is_stable_and_header_safe() -> None:
+    key = "dev-role-elevation:production/01a2/granted"
+    assert message_id(key) == message_id(key)
+    assert message_id(key) == "<dev-role-elevation.production.01a2.granted@opsflow>"
+    em = _mailer().build(MailMessage(key, ["a@example.com"], "s", "body"), ["a@example.com"])
+    assert em["Message-ID"] == message_id(key)
+
+
+def test_password_stays_out_of_repr() -> None:
+    cfg = SmtpConfig.from_settings(Settings(_env_file=None, smtp_password="hunter2"))  # type: ignore[arg-type]
+    assert cfg.password == "hunter2"
+    assert "hunter2" not in repr(cfg)
