@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import secrets
 import time
 from typing import Any
@@ -109,3 +111,46 @@ def test_errors_raise_one_alert_then_one_resolved_mail(stack: Any, databases: An
     runbook, state, actor = asyncio.run(attributes())
     assert runbook == "health-check" and state == "degraded"
     assert actor is not None and actor.startswith(f"token:hc-{tag}")
+
+
+def test_worker_serves_sdk_metrics_and_histories_hold_no_secret(stack: Any) -> None:
+    metrics = httpx.get(
+        f"http://127.0.0.1:{stack.settings.worker_metrics_port}/metrics", timeout=10
+    )
+    assert metrics.status_code == 200
+    assert "temporal_" in metrics.text  # the SDK's own Prometheus metrics
+
+    token = stack.make_token("operator", name=f"hist-{secrets.token_hex(3)}")
+    with httpx.Client(base_url=stack.api_url, timeout=30) as api:
+        run = _check(api, {"Authorization": f"Bearer {token}"})
+
+    async def history_text() -> str:
+        client = await Client.connect(stack.temporal_address)
+        history = await client.get_workflow_handle(run["id"], run_id=run["run_id"]).fetch_history()
+        return history.to_json()
+
+    raw = asyncio.run(history_text())
+    # Payloads are base64 in the JSON form: decode every one so the search sees plaintext.
+    decoded: list[str] = [raw]
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "data" and isinstance(value, str):
+                    decoded.append(base64.b64decode(value).decode("utf-8", "replace"))
+                else:
+                    walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk(json.loads(raw))
+    text = "\n".join(decoded)
+    assert "token:hist-" in text  # the actor is there, decoded: the search can see payloads
+    secrets_in_play = [
+        token,
+        stack.settings.s3_secret_access_key.get_secret_value(),
+        stack.settings.s3_access_key_id.get_secret_value(),
+    ]
+    assert all(s and s not in text for s in secrets_in_play)
+    assert "opsf_" not in text

@@ -31,12 +31,18 @@ def make_s3_client(settings: Settings) -> S3Client:
     )
 
 
+# The dev stack's readiness probe keeps one tiny object per bucket under this prefix.
+PROBE_PREFIX = ".opsflow-probe/"
+
+
 def bucket_usage(client: S3Client, bucket: str) -> tuple[int, int]:
-    """Return (object count, total bytes) of a bucket by listing it."""
+    """Return (object count, total bytes) of a bucket by listing it (probe objects excluded)."""
     objects = 0
     size = 0
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
         for obj in page.get("Contents", []):
+            if obj.get("Key", "").startswith(PROBE_PREFIX):
+                continue
             objects += 1
             size += int(obj.get("Size", 0))
     return objects, size

@@ -298,8 +298,10 @@ class Stack:
     def _start(self) -> None:
         for folder in (self.state_dir, self.logs_dir, self.mail_dir, self.sms_dir):
             folder.mkdir(parents=True, exist_ok=True)
-        # Secrets live here (S3 keys, tokens): keep the folder private.
-        os.chmod(self.state_dir, 0o700)
+        # Secrets live here (S3 keys, tokens), each file 0600; the folder is not listable by
+        # others but traversable (0711), so a private cluster under it can run as the
+        # `postgres` user when opsflow runs as root.
+        os.chmod(self.state_dir, 0o711)
         skip = {"postgres"}
         if not self.options.api:
             skip.add("api")

@@ -60,7 +60,7 @@ class HealthCheck(RunbookWorkflow):
         check_id = f"{info.workflow_id}/{info.run_id}"
         await self.record_run("running", inp)
 
-        self.step("probing", "application, databases, storage", 0, 3)
+        self.step("probing", "application, databases, storage", 0, 6)
         app, dbs, storage = await asyncio.gather(
             workflow.execute_activity(
                 "health.check_app",
