@@ -301,7 +301,7 @@ class Stack:
         # Secrets live here (S3 keys, tokens), each file 0600; the folder is not listable by
         # others but traversable (0711), so a private cluster under it can run as the
         # `postgres` user when opsflow runs as root.
-        os.chmod(self.state_dir, 0o711)
+        os.chmod(self.state_dir, 0o711)  # noqa: S103 (traverse only; see above)
         skip = {"postgres"}
         if not self.options.api:
             skip.add("api")
