@@ -113,14 +113,15 @@ def alembic_config(which: Which, settings: Settings | None = None) -> Config:
 
 
 def upgrade(
-    which: WhichOrAll = "all", settings: Settings | None = None, revision: str = "head"
+    which: WhichOrAll = "all", settings: Settings | None = None, revision: str = "heads"
 ) -> None:
     """Upgrade one or both databases to ``revision``.
 
     Args:
         which: ``"opsflow"``, ``"app"`` or ``"all"`` (both, opsflow first).
         settings: Where the databases are; the process settings when omitted.
-        revision: Target revision (``"head"`` by default).
+        revision: Target revision (``"heads"`` by default: each runbook's migrations may
+            branch from a common base, and every branch is applied).
 
     """
     settings = settings or get_settings()
@@ -136,7 +137,7 @@ def upgrade(
 
 
 def current(which: Which, settings: Settings | None = None) -> str | None:
-    """Return the revision a database is at, or None before the first upgrade.
+    """Return the revision(s) a database is at (comma-joined), or None before the first upgrade.
 
     Args:
         which: ``"opsflow"`` or ``"app"``.
@@ -148,19 +149,25 @@ def current(which: Which, settings: Settings | None = None) -> str | None:
     try:
         with engine.connect() as conn:
             ctx = MigrationContext.configure(conn, opts={"version_table": _version_table(which)})
-            return ctx.get_current_revision()
+            heads = ctx.get_current_heads()
+            return ",".join(sorted(heads)) if heads else None
     finally:
         engine.dispose()
 
 
 def head(which: Which) -> str | None:
-    """Return the head revision shipped with this package for one environment."""
+    """Return the head revision(s) shipped with this package for one environment.
+
+    Several runbooks may add migration branches from a common base; their heads are joined
+    with commas, sorted, in the same form :func:`current` answers.
+    """
     from alembic.script import ScriptDirectory
 
     cfg = Config()
     cfg.set_main_option("script_location", str(_HERE / which))
     cfg.set_main_option("path_separator", "os")
-    return ScriptDirectory.from_config(cfg).get_current_head()
+    heads = ScriptDirectory.from_config(cfg).get_heads()
+    return ",".join(sorted(heads)) if heads else None
 
 
 def _version_table(which: str) -> str:
