@@ -72,6 +72,20 @@ def test_errors_raise_one_alert_then_one_resolved_mail(stack: Any, databases: An
         assert "app_errors" not in fourth["result"]["resolved"] + fourth["result"]["raised"]
         report = api.get("/health/report", headers=headers).json()
         assert not any(a["key"] == "app_errors" for a in report["open_alerts"])
+        # The runs read model filters by status in either case.
+        by_status = {
+            spelling: {
+                i["run_id"]
+                for i in api.get(
+                    "/runs",
+                    params={"runbook": "health-check", "status": spelling, "limit": 100},
+                    headers=headers,
+                ).json()["items"]
+            }
+            for spelling in ("COMPLETED", "completed")
+        }
+        assert fourth["run_id"] in by_status["COMPLETED"]
+        assert by_status["COMPLETED"] == by_status["completed"]
 
     assert _alert_mails(stack, "app_errors") == [
         "[opsflow] ALERT: app_errors",

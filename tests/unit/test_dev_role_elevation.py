@@ -159,7 +159,7 @@ async def test_cancellation_still_revokes(ts_env: WorkflowEnvironment) -> None:
     assert isinstance(err.value.cause, CancelledError)
     assert fake.allow is False
     assert [r.ended_by for r in fake.revokes] == ["cancel"]
-    assert fake.runs[-1].status == "cancelled"
+    assert fake.runs[-1].status == "canceled"
     assert fake.runs[-1].result is not None
     assert fake.runs[-1].result["developer_action_count"] == 1
 

@@ -127,7 +127,7 @@ async def list_runs(
     Args:
         pool: Pool of the opsflow database.
         runbook: Exact runbook name.
-        status: Exact status.
+        status: Status, any case (``completed`` and ``COMPLETED`` match the same runs).
         actor: Exact actor.
         tenant: Exact tenant.
         since: Runs started at or after this time.
@@ -151,7 +151,9 @@ async def list_runs(
     ):
         if value is not None:
             where.append(sql.SQL("{} = %s").format(sql.Identifier(column)))
-            params.append(value)
+            # Statuses are stored lower case; GET /runs/{id} shows Temporal's upper case, so
+            # either spelling filters.
+            params.append(value.lower() if column == "status" else value)
     if since is not None:
         where.append(sql.SQL("started_at >= %s"))
         params.append(since)

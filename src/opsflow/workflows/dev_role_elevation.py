@@ -127,7 +127,7 @@ class DevRoleElevation(RunbookWorkflow):
         )
         if error is not None:
             await self.record_run(
-                "cancelled" if ended_by == "cancel" else "failed",
+                "canceled" if ended_by == "cancel" else "failed",
                 inp,
                 result=result,
                 failure=str(error) or type(error).__name__,
