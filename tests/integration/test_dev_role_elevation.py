@@ -24,6 +24,7 @@ from opsflow.adapters.audit import verify_chain
 from opsflow.binaries import find
 from opsflow.shared.dev_role_elevation import DevRoleElevationInput
 from opsflow.workflows.dev_role_elevation import DevRoleElevation
+from tests.integration.runs import wait_run
 
 pytestmark = pytest.mark.integration
 
@@ -112,13 +113,7 @@ def test_grant_disable_review_and_admin_mail(stack: Any, databases: Any) -> None
             json={"actor": "forged", "reason": "done"},
         )
         assert sig.status_code == 202, sig.text
-        deadline = time.monotonic() + 60
-        run: dict[str, Any] = {}
-        while time.monotonic() < deadline:
-            run = api.get(f"/runs/{wid}", headers=admin).json()
-            if run["status"] != "RUNNING":
-                break
-            time.sleep(0.3)
+        run = wait_run(api, admin, wid, timeout=60)
     assert run["status"] == "COMPLETED", run
     result = run["result"]
     assert result["ended_by"] == "disable"
@@ -196,13 +191,7 @@ def test_terminated_grant_is_turned_off_by_health_check(stack: Any, databases: A
         check = api.post("/runbooks/health-check/runs", headers=admin, json={"notify": False})
         assert check.status_code in (200, 201), check.text
         cid = check.json()["id"]
-        deadline = time.monotonic() + 90
-        run: dict[str, Any] = {}
-        while time.monotonic() < deadline:
-            run = api.get(f"/runs/{cid}", headers=admin).json()
-            if run["status"] != "RUNNING":
-                break
-            time.sleep(0.3)
+        run = wait_run(api, admin, cid)
     assert run["status"] == "COMPLETED", run
     value = _setting(databases.app_url, env)
     assert value is not None and value["allow"] is False and value["ended_by"] == "health-check"

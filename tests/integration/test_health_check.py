@@ -6,7 +6,6 @@ import asyncio
 import base64
 import json
 import secrets
-import time
 from typing import Any
 
 import httpx
@@ -16,6 +15,7 @@ from temporalio.client import Client
 from temporalio.common import SearchAttributeKey
 
 from opsflow.shared import ids
+from tests.integration.runs import wait_run
 
 pytestmark = pytest.mark.integration
 
@@ -23,15 +23,9 @@ pytestmark = pytest.mark.integration
 def _check(api: httpx.Client, headers: dict[str, str]) -> dict[str, Any]:
     r = api.post("/runbooks/health-check/runs", headers=headers, json={"notify": True})
     assert r.status_code == 201, r.text
-    wid = r.json()["id"]
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        run: dict[str, Any] = api.get(f"/runs/{wid}", headers=headers).json()
-        if run["status"] != "RUNNING":
-            assert run["status"] == "COMPLETED", run
-            return run
-        time.sleep(0.3)
-    raise AssertionError(f"{wid} did not finish")
+    run = wait_run(api, headers, r.json()["id"])
+    assert run["status"] == "COMPLETED", run
+    return run
 
 
 def _alert_mails(stack: Any, key: str) -> list[str]:
