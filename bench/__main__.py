@@ -28,7 +28,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from bench import bench_api_start, bench_seed
+from bench import bench_api_start, bench_audit_export, bench_seed, bench_sla
 from opsflow.config import state_dir
 
 GOAL_REQUESTS = 1_000_000
@@ -53,6 +53,21 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--skip-api", action="store_true", help="skip the API start bench")
     parser.add_argument("--skip-seed", action="store_true", help="skip the seed bench")
+    parser.add_argument(
+        "--audit-export-sizes",
+        default="333334,1000000",
+        help="cases per audit export size, each with 2x assignments (default: 1 M, 3 M rows)",
+    )
+    parser.add_argument(
+        "--skip-audit-export", action="store_true", help="skip the audit export bench"
+    )
+    parser.add_argument(
+        "--sla-requests", type=int, default=10_000, help="open requests per side (default 10000)"
+    )
+    parser.add_argument(
+        "--sla-sample", type=int, default=500, help="escalations per side (default 500)"
+    )
+    parser.add_argument("--skip-sla", action="store_true", help="skip the SLA bench")
     parser.add_argument("--json-out", type=Path, help="JSON report path (default .opsflow/bench/)")
     parser.add_argument(
         "--keep-state", action="store_true", help="keep the bench stack's state folder and logs"
@@ -184,6 +199,22 @@ def render(report: dict[str, Any], console: Console) -> None:
             table.add_row("opsflow seed", "[red]failed[/]", "", seed["error"][:40])
         else:
             _seed_rows(table, seed)
+    audit_export = report.get("audit_export")
+    if audit_export is not None:
+        table.add_section()
+        if "error" in audit_export:
+            table.add_row("audit export", "[red]failed[/]", "", audit_export["error"][:40])
+        else:
+            for row in bench_audit_export.rows_for_table(audit_export):
+                table.add_row(*row)
+    sla = report.get("sla")
+    if sla is not None:
+        table.add_section()
+        if "error" in sla:
+            table.add_row("SLA", "[red]failed[/]", "", sla["error"][:40])
+        else:
+            for row in bench_sla.rows_for_table(sla):
+                table.add_row(*row)
     console.print(table)
     notes: list[str] = []
     if api is not None and "error" not in api:
@@ -240,6 +271,26 @@ def main(argv: list[str] | None = None) -> int:
                 report["api_start"] = bench_api_start.run(
                     stack, starts=args.starts, warmup=args.warmup
                 ).as_dict()
+                if not args.skip_audit_export:
+                    sizes = [int(x) for x in args.audit_export_sizes.split(",")]
+                    console.print(f"bench: audit export, opsflow vs plain pipeline, {sizes}")
+                    try:
+                        report["audit_export"] = bench_audit_export.run(stack, sizes)
+                    except Exception as exc:
+                        traceback.print_exc()
+                        report["audit_export"] = {"error": f"{type(exc).__name__}: {exc}"}
+                        status = 1
+                if not args.skip_sla:
+                    console.print(
+                        f"bench: SLA, {args.sla_requests:,} requests per side, "
+                        f"{args.sla_sample} escalations per side"
+                    )
+                    try:
+                        report["sla"] = bench_sla.run(stack, args.sla_requests, args.sla_sample)
+                    except Exception as exc:
+                        traceback.print_exc()
+                        report["sla"] = {"error": f"{type(exc).__name__}: {exc}"}
+                        status = 1
                 if not args.skip_seed:
                     # Quiet the machine for the seed; its scratch database goes on the stack's
                     # server (a private cluster when the default one is unreachable).

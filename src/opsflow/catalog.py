@@ -12,13 +12,29 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Literal
 
+from opsflow.shared import audit_export_nightly as audit_export
 from opsflow.shared import ids
 from opsflow.shared.dev_role_elevation import DevRoleElevationInput, DevRoleElevationResult
 from opsflow.shared.dev_role_elevation import DisableSignal as DevRoleDisable
 from opsflow.shared.health_check import HealthCheckInput, HealthCheckResult
 from opsflow.shared.roles import Role, roles
+from opsflow.shared.sla_escalation import (
+    EscalateSignal,
+    NoteSignal,
+    ReconcileInput,
+    ReconcileResult,
+    ResolvedSignal,
+    SlaChangedSignal,
+    SlaEscalationInput,
+    SlaEscalationResult,
+)
+from opsflow.shared.triage_assignment import TriageAssignmentInput, TriageAssignmentResult
+from opsflow.workflows.audit_export_nightly import AuditExportNightly
 from opsflow.workflows.dev_role_elevation import DevRoleElevation
 from opsflow.workflows.health_check import HealthCheck
+from opsflow.workflows.sla_escalation import SlaEscalation
+from opsflow.workflows.sla_reconciler import SlaReconciler
+from opsflow.workflows.triage_assignment import TriageAssignment
 
 Trigger = Literal["api", "schedule", "event"]
 
@@ -72,6 +88,9 @@ class RunbookSpec:
     summary: Callable[[Any], str] = field(default=lambda inp: repr(inp))
     schedule: ScheduleSpec | None = None
     execution_timeout: timedelta | None = None
+    # Short runbooks that validate their input in their first step: the API waits this long
+    # for the outcome and answers a business refusal (opsflow.shared.errors) with its 4xx.
+    await_result: timedelta | None = None
 
 
 def _health_check_id(_inp: HealthCheckInput) -> str:
@@ -79,6 +98,15 @@ def _health_check_id(_inp: HealthCheckInput) -> str:
     from datetime import UTC, datetime
 
     return ids.health_check_workflow_id(datetime.now(UTC).strftime("manual-%Y-%m-%dT%H:%MZ"))
+
+
+def _audit_export_id(inp: audit_export.AuditExportInput) -> str:
+    # Without a date the run exports today in the configured zone: its id says which day.
+    from opsflow.config import get_settings
+
+    return audit_export.workflow_id(
+        inp.date or audit_export.today_in(get_settings().schedule_timezone)
+    )
 
 
 READERS = roles(Role.OPERATOR, Role.SUPERVISOR, Role.AUDITOR, Role.ADMIN, Role.SUPERADMIN)
@@ -152,6 +180,139 @@ RUNBOOKS: dict[str, RunbookSpec] = {
             summary=lambda inp: (
                 f"developer role in {inp.environment} for {inp.hours} h: {inp.reason[:80]}"
             ),
+        ),
+        RunbookSpec(
+            name="triage-assignment",
+            title="Triage & assignment of a new request",
+            description=(
+                "Validates a new request's channel metadata (each correction audited "
+                "action=update), assigns a department and assignee with a priority, an optional "
+                "SLA override and response templates: in one transaction an assignments row, "
+                "status assigned and a timeline entry. Then signal-with-starts the request's "
+                "sla-escalation workflow. A refused input answers 4xx and changes nothing."
+            ),
+            trigger=("api",),
+            workflow=TriageAssignment,
+            input=TriageAssignmentInput,
+            output=TriageAssignmentResult,
+            workflow_id=lambda inp: ids.triage_workflow_id(inp.request_id),
+            start=roles(Role.OPERATOR, Role.SUPERVISOR, Role.ADMIN),
+            queries={"progress": ActionSpec(READERS, description="Current step.")},
+            summary=lambda inp: (
+                f"triage request {inp.request_id} -> department {inp.department_id}, "
+                f"assignee {inp.assignee_id}, {inp.priority}"
+            ),
+            execution_timeout=timedelta(minutes=10),
+            await_result=timedelta(seconds=20),
+        ),
+        RunbookSpec(
+            name="sla-escalation",
+            title="SLA watch and escalation of one request",
+            description=(
+                "One durable workflow per open request with an SLA due time: joins the SLA "
+                "watchlist 24 h before, changes the status once with a reason when the due "
+                "time passes unresolved, and takes supervisors' escalations (mail + SMS to the "
+                "department's supervisors, priority critical, expedited) and follow-up notes. "
+                "Started by triage-assignment and by the sla-reconciler schedule."
+            ),
+            trigger=("event",),
+            workflow=SlaEscalation,
+            input=SlaEscalationInput,
+            output=SlaEscalationResult,
+            workflow_id=lambda inp: ids.sla_workflow_id(inp.request_id),
+            start=roles(Role.SUPERVISOR, Role.ADMIN),
+            signals={
+                "escalate": ActionSpec(
+                    roles(Role.SUPERVISOR),
+                    arg=EscalateSignal,
+                    description="Notify supervisors (mail + SMS), priority critical, expedite.",
+                ),
+                "add_note": ActionSpec(
+                    roles(Role.OPERATOR, Role.SUPERVISOR),
+                    arg=NoteSignal,
+                    description="A follow-up note to the request timeline.",
+                ),
+                "request_resolved": ActionSpec(
+                    roles(Role.OPERATOR, Role.SUPERVISOR, Role.ADMIN),
+                    arg=ResolvedSignal,
+                    description="The request is resolved: end the workflow.",
+                ),
+                "sla_changed": ActionSpec(
+                    roles(Role.SUPERVISOR, Role.ADMIN),
+                    arg=SlaChangedSignal,
+                    description="The due time moved: re-arm the timers.",
+                ),
+            },
+            queries={
+                "sla_state": ActionSpec(READERS, description="Due time, state, escalations."),
+                "progress": ActionSpec(READERS, description="Current step."),
+            },
+            cancel=roles(Role.ADMIN, Role.SUPERADMIN),
+            summary=lambda inp: f"SLA of request {inp.request_id}, due {inp.sla_due_at}",
+        ),
+        RunbookSpec(
+            name="sla-reconciler",
+            title="SLA reconciler",
+            description=(
+                "Makes sure every open request with an SLA due time has its sla-escalation "
+                "workflow (starts missing ones, re-arms moved due times) and ends the workflows "
+                "of requests resolved or closed outside opsflow."
+            ),
+            trigger=("schedule", "api"),
+            workflow=SlaReconciler,
+            input=ReconcileInput,
+            output=ReconcileResult,
+            workflow_id=lambda _inp: "sla-reconciler:manual",
+            start=roles(Role.SUPERVISOR, Role.ADMIN, Role.SUPERADMIN),
+            queries={"progress": ActionSpec(READERS, description="Current step.")},
+            cancel=roles(Role.ADMIN, Role.SUPERADMIN),
+            summary=lambda inp: f"SLA reconciliation (concurrency {inp.concurrency})",
+            schedule=ScheduleSpec(
+                id="sla-reconciler",
+                interval=timedelta(minutes=5),
+                catchup_window=timedelta(minutes=5),
+                description="Every 5 minutes: SLA workflows match open requests.",
+                make_input=ReconcileInput,
+            ),
+            execution_timeout=timedelta(minutes=15),
+        ),
+        RunbookSpec(
+            name=audit_export.RUNBOOK,
+            title="Nightly audit export (cases and assignments)",
+            description=(
+                "Runs the dbt project's tests, compiles audit_case_snapshot and "
+                "audit_assignment_snapshot, streams both from one REPEATABLE READ snapshot with "
+                "COPY into a zip (CSV per model + manifest.json), encrypts it (AES-256-GCM "
+                "chunks, key id in the header), uploads it by S3 multipart with SSE AES256 to "
+                "s3://<audit bucket>/YYYY/MM/DD/, records export_runs and an audit event "
+                "action=export, and mails the compliance list a 7-day link. A date that "
+                "already succeeded is not exported again unless force=true (a new version)."
+            ),
+            trigger=("schedule", "api"),
+            workflow=AuditExportNightly,
+            input=audit_export.AuditExportInput,
+            output=audit_export.AuditExportResult,
+            workflow_id=_audit_export_id,
+            start=roles(Role.OPERATOR, Role.AUDITOR, Role.ADMIN, Role.SUPERADMIN),
+            queries={
+                "progress": ActionSpec(
+                    READERS | roles(Role.COMPLIANCE),
+                    description="Current step; rows and bytes while exporting.",
+                )
+            },
+            cancel=roles(Role.ADMIN, Role.SUPERADMIN),
+            summary=lambda inp: (
+                f"audit export of {inp.date or 'today'}" + (" (force)" if inp.force else "")
+            ),
+            schedule=ScheduleSpec(
+                id=audit_export.SCHEDULE_ID,
+                cron="0 2 * * *",
+                # A night missed while the cluster was down still runs once when it is back.
+                catchup_window=timedelta(hours=20),
+                description="Every day at 02:00 in SCHEDULE_TIMEZONE (seed 000).",
+                make_input=audit_export.AuditExportInput,
+            ),
+            execution_timeout=timedelta(hours=12),
         ),
     )
 }

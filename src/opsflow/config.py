@@ -120,6 +120,14 @@ class Settings(BaseSettings):
     opsflow_token: SecretStr | None = None
 
     schedule_timezone: str = "UTC"
+
+    # audit-export-nightly: the keyring ("kid:base64key,..." or a secret file of such entries),
+    # the key id new packages use (default: the last entry), and who gets the package mail.
+    # Outside production with neither set, a development key is created under .opsflow/.
+    audit_export_keys: SecretStr | None = None
+    audit_export_keys_file: str | None = None
+    audit_export_key_id: str | None = None
+    compliance_emails: list[str] = Field(default_factory=lambda: ["compliance@example.com"])
     log_level: str = "INFO"
 
     @property

@@ -26,6 +26,8 @@ OPSFLOW_TABLES = {
     "health_check_runs",
     "health_alerts",
     "dev_role_elevation_runs",
+    "export_runs",  # audit-export-nightly (r0002_audit_export)
+    "sla_watchlist",  # sla-escalation (r0002_sla)
     "alembic_version_opsflow",
 }
 APP_TABLES = {

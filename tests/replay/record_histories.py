@@ -66,9 +66,17 @@ from opsflow.shared.health_check import (
     StorageHealth,
     Thresholds,
 )
+from tests.replay.audit_export_scenarios import (
+    AUDIT_EXPORT_SCENARIOS,
+    audit_export_activities,
+)
+from tests.replay.sla_scenarios import SLA_SCENARIOS, sla_activities
 
 HISTORIES = Path(__file__).resolve().parent / "histories"
-SEARCH_ATTRIBUTE_KEYS = [SearchAttributeKey.for_keyword(n) for n in ids.SEARCH_ATTRIBUTES]
+SEARCH_ATTRIBUTE_KEYS: list[SearchAttributeKey[Any]] = [
+    SearchAttributeKey.for_datetime(n) if kind == "Datetime" else SearchAttributeKey.for_keyword(n)
+    for n, kind in ids.SEARCH_ATTRIBUTES.items()
+]
 
 
 def history_path(workflow_id: str) -> Path:
@@ -354,6 +362,8 @@ SCENARIOS: list[Scenario] = [
     Scenario("health-check:replay-healthy", health_healthy),
     Scenario("health-check:replay-alert-raised", health_alert_raised),
     Scenario("health-check:replay-alert-resolved", health_alert_resolved),
+    *(Scenario(wid, run) for wid, run in AUDIT_EXPORT_SCENARIOS),
+    *(Scenario(sc.workflow_id, sc.run, sc.time_skipping) for sc in SLA_SCENARIOS),
 ]
 
 
@@ -362,6 +372,8 @@ async def _record(env: WorkflowEnvironment, scenarios: list[Scenario]) -> list[P
     activities: list[Callable[..., Any]] = [
         *ctx.dev_role.activities(),
         *ctx.health.activities(),
+        *audit_export_activities(),
+        *sla_activities(),
         record_run,
         audit,
     ]
@@ -405,8 +417,8 @@ async def record_all() -> None:
             AddSearchAttributesRequest(
                 namespace=ts.client.namespace,
                 search_attributes={
-                    name: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD
-                    for name in ids.SEARCH_ATTRIBUTES
+                    name: IndexedValueType.Value(f"INDEXED_VALUE_TYPE_{kind.upper()}")
+                    for name, kind in ids.SEARCH_ATTRIBUTES.items()
                 },
             )
         )

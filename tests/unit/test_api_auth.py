@@ -89,11 +89,19 @@ def test_forbidden_caller_gets_403_even_with_malformed_body(h: Harness) -> None:
     assert r.status_code == 403
 
 
+# Runbooks whose input has required fields (the others start with {}).
+REQUIRED_INPUT: dict[str, dict[str, object]] = {
+    "triage-assignment": {"request_id": 1, "department_id": 1, "assignee_id": 1},
+    "sla-escalation": {"request_id": 1, "sla_due_at": "2026-11-23T12:00:00+00:00"},
+}
+
+
 @pytest.mark.parametrize("role", list(Role))
 @pytest.mark.parametrize("runbook", sorted(RUNBOOKS))
 def test_start_allowed_exactly_for_declared_roles(h: Harness, role: Role, runbook: str) -> None:
     spec = RUNBOOKS[runbook]
     body = {"reason": "INC-7: emergency fix", "hours": 1} if runbook == "dev-role-elevation" else {}
+    body = REQUIRED_INPUT.get(runbook, body)
     r = h.http.post(f"/runbooks/{runbook}/runs", headers=h.auth(role), json=body)
     if role in spec.start:
         assert r.status_code == 201, r.text

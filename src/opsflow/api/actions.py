@@ -56,6 +56,7 @@ from opsflow.catalog import RunbookSpec
 from opsflow.config import Settings
 from opsflow.shared import ids
 from opsflow.shared.common import AuditEventIn, RunRecord
+from opsflow.shared.errors import BUSINESS_ERROR_STATUS
 
 log = structlog.get_logger("opsflow.api")
 
@@ -204,11 +205,14 @@ async def start_run(
         )
     )
     ctx.metrics.runs_started.labels(spec.name, "started").inc()
+    status = "RUNNING"
+    if spec.await_result is not None:
+        status = await await_outcome(ctx, spec, handle, workflow_id, run_id)
     out = StartRunOut(
         id=workflow_id,
         run_id=run_id,
         runbook=spec.name,
-        status="RUNNING",
+        status=status,
         ui_url=ui_url(ctx.settings, workflow_id, run_id),
     )
     log.info("run started", runbook=spec.name, workflow_id=workflow_id, run_id=run_id)
@@ -226,6 +230,51 @@ async def start_run(
             )
         )
     return 201, out
+
+
+async def await_outcome(
+    ctx: Ctx,
+    spec: RunbookSpec,
+    handle: WorkflowHandle[Any, Any],
+    workflow_id: str,
+    run_id: str,
+) -> str:
+    """Wait up to ``spec.await_result`` for a run; answer a business refusal with its 4xx.
+
+    Returns:
+        ``COMPLETED``, or ``RUNNING`` when the run outlasts the wait (the caller follows it),
+        or ``FAILED`` for a failure that is not a business refusal (the run tells why).
+
+    Raises:
+        HTTPException: the status of ``opsflow.shared.errors.BUSINESS_ERROR_STATUS`` for the
+            workflow's ``ApplicationError`` type, with its message.
+
+    """
+    assert spec.await_result is not None
+    try:
+        await asyncio.wait_for(handle.result(), spec.await_result.total_seconds())
+    except TimeoutError:
+        return "RUNNING"
+    except WorkflowFailureError as exc:
+        cause = exc.cause
+        kind = getattr(cause, "type", None)
+        code = BUSINESS_ERROR_STATUS.get(kind) if isinstance(kind, str) else None
+        if code is None:
+            return "FAILED"
+        message = str(getattr(cause, "message", "") or cause)
+        await ctx.store.record_event(
+            AuditEventIn(
+                actor=ctx.caller.actor,
+                action="run.refused",
+                target=f"run:{workflow_id}",
+                outcome="rejected",
+                details={"runbook": spec.name, "run_id": run_id, "error": message},
+                workflow_id=workflow_id,
+                run_id=run_id,
+            )
+        )
+        raise HTTPException(status_code=code, detail=f"{spec.name} refused: {message}") from None
+    return "COMPLETED"
 
 
 async def _replay(

@@ -23,7 +23,7 @@ from opsflow.api.deps import APP_DB, CONNECT_TIMEOUT_S, OPSFLOW_DB, Lazy, Servic
 from opsflow.api.errors import install_error_handlers
 from opsflow.api.metrics import ApiMetrics
 from opsflow.api.middleware import MAX_BODY_BYTES, BodyLimitMiddleware, RequestContextMiddleware
-from opsflow.api.routes import audit, health, runbooks, runs, system
+from opsflow.api.routes import audit, health, runbooks, runs, sla, system
 from opsflow.api.routes import settings as settings_routes
 from opsflow.config import Settings, get_settings
 
@@ -152,6 +152,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Added last = outermost: the request log and metrics see every answer, 413s included.
     app.add_middleware(BodyLimitMiddleware, limit=MAX_BODY_BYTES)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
-    for module in (runbooks, runs, audit, health, settings_routes, system):
+    for module in (runbooks, runs, audit, health, settings_routes, sla, system):
         app.include_router(module.router)
     return app

@@ -46,8 +46,10 @@ from rich.progress import (
 from rich.text import Text
 
 from opsflow.cli import render
+from opsflow.cli.audit_export import audit_export_app
 from opsflow.cli.client import ApiClient, ApiError, ApiUnreachable, CliError
 from opsflow.cli.params import load_input, parse_params, parse_time
+from opsflow.cli.sla import sla_app
 from opsflow.shared.roles import Role
 
 if TYPE_CHECKING:
@@ -206,6 +208,8 @@ app.add_typer(token_app, name="token")
 app.add_typer(audit_app, name="audit")
 app.add_typer(db_app, name="db")
 app.add_typer(schedules_app, name="schedules")
+app.add_typer(audit_export_app, name="audit-export")
+app.add_typer(sla_app, name="sla")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 ParamOpt = Annotated[

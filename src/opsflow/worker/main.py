@@ -14,12 +14,16 @@ import structlog
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from opsflow.activities.audit_export_nightly import build_audit_export_activities
 from opsflow.activities.dev_role_elevation import DevRoleElevationActivities
 from opsflow.activities.health_check import HealthCheckActivities
 from opsflow.activities.platform import PlatformActivities
+from opsflow.activities.sla_escalation import SlaEscalationActivities, SlaReconcilerActivities
+from opsflow.activities.triage_assignment import TriageActivities
 from opsflow.adapters.mail import Mailer, SmtpConfig
 from opsflow.adapters.postgres import open_pool
 from opsflow.adapters.s3 import make_s3_client
+from opsflow.adapters.sms import SmsGateway
 from opsflow.catalog import ALL_WORKFLOWS, RUNBOOKS
 from opsflow.config import Settings, load_settings
 from opsflow.worker.client import connect, metrics_runtime
@@ -42,6 +46,10 @@ def build_activities(
     platform = PlatformActivities(ops_pool, mailer)
     dev_role = DevRoleElevationActivities(app_pool, ops_pool, mailer)
     health = HealthCheckActivities(settings, ops_pool, app_pool, s3, mailer, client, schedules)
+    queue = settings.temporal_task_queue
+    sla = SlaEscalationActivities(app_pool, ops_pool, mailer, SmsGateway.from_settings(settings))
+    sla_reconciler = SlaReconcilerActivities(app_pool, ops_pool, client, queue)
+    triage = TriageActivities(app_pool, ops_pool, client, queue)
     return [
         platform.record_run,
         platform.audit,
@@ -60,6 +68,15 @@ def build_activities(
         health.open_alerts,
         health.transition_alert,
         health.record,
+        sla.sync,
+        sla.breach,
+        sla.escalate,
+        sla.add_note,
+        sla.notify_supervisors,
+        sla_reconciler.reconcile,
+        triage.assign,
+        triage.start_sla,
+        *build_audit_export_activities(settings, ops_pool, s3, mailer, client),
     ]
 
 

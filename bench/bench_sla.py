@@ -1,0 +1,387 @@
+"""SLA workflows at scale: arm N open requests, then escalate a sample, beside a bare client.
+
+On a private stack (see :func:`bench.bench_api_start.bench_stack`):
+
+1. Seeds two organisations of N open, assigned requests each (due times spread over the next
+   1 to 5 days, a department with two supervisors): one for opsflow, one for the baseline.
+2. **Arm**: opsflow's ``sla-reconciler`` (started over the API, scoped to its organisation)
+   starts the N ``sla-escalation`` workflows; the baseline starts the same workflows with a
+   bare Temporal client, 20 at a time. Each side: time until every start was accepted, and
+   until every workflow has written its read-model row (armed). Worker and server resident
+   memory afterwards.
+3. **Escalate**: a random sample of requests of each side is escalated, 20 in flight, then
+   one at a time: opsflow through ``POST /sla/requests/{id}/escalate``, the baseline with a
+   bare ``handle.signal("escalate")``. Latency from the call to the mail in the SMTP sink
+   (the sink names each file with its receive time), and the call's own latency (the API's
+   overhead on a signal).
+4. **Restart**: the worker is stopped gracefully, 100 escalations are sent through the API,
+   the worker starts again: time from its start until the 100th mail is in the sink.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import statistics
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from email import policy
+from email.parser import BytesParser
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+from temporalio.client import Client
+
+from opsflow.activities.sla_escalation import signal_with_start
+from opsflow.dev.stack import Stack
+from opsflow.shared import ids
+from opsflow.shared.sla_escalation import EscalateSignal
+
+CONCURRENCY = 20
+
+
+@dataclass
+class Side:
+    """One side's figures."""
+
+    org: int = 0
+    dept_code: str = ""
+    request_ids: list[int] = field(default_factory=list)
+    start_seconds: float = 0.0
+    armed_seconds: float = 0.0
+    call_ms: dict[str, list[float]] = field(default_factory=dict)
+    mail_ms: dict[str, list[float]] = field(default_factory=dict)
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+def _summary(values: list[float]) -> dict[str, float]:
+    return {
+        "n": len(values),
+        "p50_ms": round(_pct(values, 50), 1),
+        "p95_ms": round(_pct(values, 95), 1),
+        "p99_ms": round(_pct(values, 99), 1),
+        "mean_ms": round(statistics.fmean(values), 1) if values else float("nan"),
+    }
+
+
+def _seed(app_url: str, tag: str, n: int) -> Side:
+    """N open, assigned requests with due times spread over the next 1 to 5 days."""
+    now = datetime.now(UTC)
+    rng = random.Random(tag)
+    with psycopg.connect(app_url) as conn:
+        org = conn.execute(
+            "INSERT INTO organizations (slug, name) VALUES (%s, %s) RETURNING id",
+            (f"bench-{tag}", f"Bench {tag}"),
+        ).fetchone()
+        assert org is not None
+        code = f"B{tag.upper()}"
+        dept = conn.execute(
+            """INSERT INTO departments (organization_id, code, name, supervisor_email)
+               VALUES (%s, %s, 'Bench', %s) RETURNING id""",
+            (org[0], code, f"bench-{tag}@example.com"),
+        ).fetchone()
+        assert dept is not None
+        for i in range(2):
+            conn.execute(
+                """INSERT INTO users (organization_id, department_id, username, email,
+                       full_name, phone, role)
+                   VALUES (%s, %s, %s, %s, 'Sup', %s, 'supervisor')""",
+                (org[0], dept[0], f"sup{i}-{tag}", f"sup{i}-{tag}@example.com", f"+1555{i}"),
+            )
+        with conn.cursor().copy(
+            """COPY service_requests (organization_id, department_id, reference, title, status,
+                   priority, sla_due_at) FROM STDIN"""
+        ) as copy:
+            for i in range(n):
+                due = now + timedelta(days=1) + timedelta(seconds=rng.uniform(0, 4 * 86400))
+                copy.write_row(
+                    (org[0], dept[0], f"B-{tag}-{i}", "bench", "assigned", "normal", due)
+                )
+        rows = conn.execute(
+            "SELECT id FROM service_requests WHERE organization_id = %s ORDER BY id", (org[0],)
+        ).fetchall()
+    return Side(org=int(org[0]), dept_code=code, request_ids=[int(r[0]) for r in rows])
+
+
+def _armed(ops_url: str, ids_: list[int]) -> int:
+    with psycopg.connect(ops_url) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM sla_watchlist WHERE request_id = ANY(%s)", (ids_,)
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _wait_armed(ops_url: str, ids_: list[int], t0: float, timeout: float) -> float:
+    while True:
+        if _armed(ops_url, ids_) >= len(ids_):
+            return time.monotonic() - t0
+        if time.monotonic() - t0 > timeout:
+            raise TimeoutError(f"only {_armed(ops_url, ids_)}/{len(ids_)} armed")
+        time.sleep(0.5)
+
+
+def _rss_mb(pid: int | None) -> float | None:
+    if pid is None:
+        return None
+    total = 0
+    # The process and its children (the dev server runs as one process; the worker too).
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            total = int(line.split()[1])
+    return round(total / 1024, 1)
+
+
+_SEEN: dict[str, tuple[int, float] | None] = {}
+
+
+def _mail_times(folder: Path) -> dict[int, float]:
+    """Request id -> receive time (epoch seconds) of each escalation mail in the sink."""
+    parser = BytesParser(policy=policy.default)
+    found: dict[int, float] = {}
+    for path in folder.glob("*.eml"):
+        if path.name not in _SEEN:
+            stamp = path.name.split("-", 1)[0]
+            at = datetime.strptime(stamp, "%Y%m%dT%H%M%S%fZ").replace(tzinfo=UTC).timestamp()
+            with path.open("rb") as fh:
+                subject = str(parser.parse(fh, headersonly=True)["Subject"] or "")
+            entry = None
+            if "ESCALATED: request " in subject:
+                entry = (int(subject.split("ESCALATED: request ", 1)[1].split()[0]), at)
+            _SEEN[path.name] = entry
+        entry = _SEEN[path.name]
+        if entry is not None and entry[0] not in found:
+            found[entry[0]] = entry[1]
+    return found
+
+
+async def _escalate_all(
+    send: Any, rids: list[int], in_flight: int, mail_dir: Path, sent_at: dict[int, float]
+) -> list[float]:
+    """Send escalations (``in_flight`` at a time, or one at a time waiting for each mail)."""
+    gate = asyncio.Semaphore(in_flight)
+    calls: list[float] = []
+
+    async def one(rid: int) -> None:
+        async with gate:
+            sent_at[rid] = time.time()
+            t = time.perf_counter()
+            await send(rid)
+            calls.append((time.perf_counter() - t) * 1000)
+
+    if in_flight > 1:
+        await asyncio.gather(*(one(r) for r in rids))
+    else:
+        for rid in rids:
+            await one(rid)
+            deadline = time.monotonic() + 30
+            # Polling the sink's folder: nothing in this process could signal an event.
+            while rid not in _mail_times(mail_dir) and time.monotonic() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+    return calls
+
+
+def _wait_mails(mail_dir: Path, rids: list[int], timeout: float = 120) -> dict[int, float]:
+    deadline = time.monotonic() + timeout
+    while True:
+        times = _mail_times(mail_dir)
+        if all(r in times for r in rids) or time.monotonic() > deadline:
+            return times
+        time.sleep(0.2)
+
+
+async def _run(stack: Stack, n: int, sample: int, tokens: dict[str, str]) -> dict[str, Any]:
+    assert stack.database is not None and stack.settings is not None
+    app_url = stack.database.target_database_url
+    ops_url = stack.database.database_admin_url
+    mail_dir = stack.mail_dir
+    ops, base = _seed(app_url, "ops", n), _seed(app_url, "base", n)
+    admin = {"Authorization": f"Bearer {tokens['admin']}"}
+    sup = {"Authorization": f"Bearer {tokens['supervisor']}"}
+    client = await Client.connect(
+        stack.temporal_address, namespace=stack.settings.temporal_namespace
+    )
+    queue = stack.settings.temporal_task_queue
+    report: dict[str, Any] = {"requests_per_side": n, "sample_per_side": sample}
+
+    async with httpx.AsyncClient(base_url=stack.api_url, timeout=600) as api:
+        # ---- arm: opsflow's reconciler
+        t0 = time.monotonic()
+        r = await api.post(
+            "/runbooks/sla-reconciler/runs",
+            headers=admin,
+            json={"organization_id": ops.org, "concurrency": CONCURRENCY},
+        )
+        r.raise_for_status()
+        wid = r.json()["id"]
+        # Polling the API, as a client would; the run's end is not pushed anywhere.
+        while (await api.get(f"/runs/{wid}", headers=admin)).json()["status"] == "RUNNING":  # noqa: ASYNC110
+            await asyncio.sleep(0.5)
+        ops.start_seconds = time.monotonic() - t0
+        ops.armed_seconds = await asyncio.to_thread(_wait_armed, ops_url, ops.request_ids, t0, 1800)
+        # ---- arm: baseline, bare client starts of the same workflows
+        t0 = time.monotonic()
+        gate = asyncio.Semaphore(CONCURRENCY)
+
+        async def start(rid: int) -> None:
+            async with gate:
+                due = (datetime.now(UTC) + timedelta(days=2)).isoformat()
+                await signal_with_start(
+                    client, queue, rid, due, base.dept_code, "bench", signal=False
+                )
+
+        await asyncio.gather(*(start(rid) for rid in base.request_ids))
+        base.start_seconds = time.monotonic() - t0
+        base.armed_seconds = await asyncio.to_thread(
+            _wait_armed, ops_url, base.request_ids, t0, 1800
+        )
+        report["arm"] = {
+            "opsflow": {
+                "starts_accepted_s": round(ops.start_seconds, 1),
+                "armed_s": round(ops.armed_seconds, 1),
+            },
+            "baseline": {
+                "starts_accepted_s": round(base.start_seconds, 1),
+                "armed_s": round(base.armed_seconds, 1),
+            },
+            "ratio_armed": round(ops.armed_seconds / base.armed_seconds, 2),
+        }
+        report["memory_mb"] = {
+            "worker_rss": _rss_mb(stack.worker.pid if stack.worker else None),
+            "temporal_rss": _rss_mb(stack.temporal.pid if stack.temporal else None),
+        }
+
+        # ---- escalate
+        rng = random.Random(7)
+        ops_sample = rng.sample(ops.request_ids, sample)
+        base_sample = rng.sample(base.request_ids, sample)
+        half = sample // 2
+
+        async def via_api(rid: int) -> None:
+            resp = await api.post(
+                f"/sla/requests/{rid}/escalate", headers=sup, json={"reason": "bench"}
+            )
+            resp.raise_for_status()
+
+        async def via_client(rid: int) -> None:
+            await client.get_workflow_handle(ids.sla_workflow_id(rid)).signal(
+                "escalate", EscalateSignal(reason="bench", actor="bench")
+            )
+
+        esc: dict[str, Any] = {}
+        for label, in_flight, ops_part, base_part in (
+            ("20_in_flight", CONCURRENCY, ops_sample[:half], base_sample[:half]),
+            ("one_at_a_time", 1, ops_sample[half:], base_sample[half:]),
+        ):
+            figures: dict[str, Any] = {}
+            for side, send, part in (
+                ("opsflow", via_api, ops_part),
+                ("baseline", via_client, base_part),
+            ):
+                sent: dict[int, float] = {}
+                calls = await _escalate_all(send, part, in_flight, mail_dir, sent)
+                times = await asyncio.to_thread(_wait_mails, mail_dir, part)
+                lat = [(times[r] - sent[r]) * 1000 for r in part if r in times]
+                figures[side] = {
+                    "call": _summary(calls),
+                    "to_mail": _summary(lat),
+                    "missing_mails": len(part) - len(lat),
+                }
+            esc[label] = figures
+        report["escalate"] = esc
+
+    # ---- graceful restart with 100 pending escalations
+    assert stack.worker is not None
+    stack.worker.stop()
+    pending = [r for r in ops.request_ids if r not in set(ops_sample)][:100]
+    async with httpx.AsyncClient(base_url=stack.api_url, timeout=60) as api:
+        for rid in pending:
+            resp = await api.post(
+                f"/sla/requests/{rid}/escalate", headers=sup, json={"reason": "bench restart"}
+            )
+            resp.raise_for_status()
+    t_start = time.time()
+    stack.restart_worker(wait=False)
+    times = await asyncio.to_thread(_wait_mails, mail_dir, pending, 120)
+    done = [times[r] for r in pending if r in times]
+    report["restart"] = {
+        "pending": len(pending),
+        "served": len(done),
+        "seconds_to_last_mail": round(max(done) - t_start, 2) if done else None,
+    }
+    return report
+
+
+def run(stack: Stack, n: int = 10_000, sample: int = 500) -> dict[str, Any]:
+    """Run the SLA bench on ``stack``; return its figures."""
+    # The start bench leaves the worker stopped (its quiet phase).
+    if stack.worker is None or not stack.worker.running():
+        stack.restart_worker()
+    tokens = {
+        role: stack.make_token(role, name=f"bench-sla-{role}") for role in ("admin", "supervisor")
+    }
+    return asyncio.run(_run(stack, n, sample, tokens))
+
+
+def rows_for_table(out: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """Rows for the bench table: measure, opsflow, baseline, comparison."""
+    arm = out["arm"]
+    rows = [
+        (f"[bold]SLA: arm {out['requests_per_side']:,} workflows[/]", "", "", ""),
+        (
+            "  starts accepted",
+            f"{arm['opsflow']['starts_accepted_s']} s",
+            f"{arm['baseline']['starts_accepted_s']} s",
+            "",
+        ),
+        (
+            "  all armed (read model)",
+            f"{arm['opsflow']['armed_s']} s",
+            f"{arm['baseline']['armed_s']} s",
+            f"{arm['ratio_armed']}x (goal < 120 s, <= 1.2x)",
+        ),
+        (
+            "  RSS worker / temporal",
+            f"{out['memory_mb']['worker_rss']} MB",
+            f"{out['memory_mb']['temporal_rss']} MB",
+            "",
+        ),
+    ]
+    for label, figs in out["escalate"].items():
+        o, b = figs["opsflow"], figs["baseline"]
+        rows.append((f"[bold]SLA escalate, {label.replace('_', ' ')}[/]", "API", "client", ""))
+        for q in ("p50", "p95", "p99"):
+            rows.append(
+                (
+                    f"  call -> mail {q}",
+                    f"{o['to_mail'][q + '_ms']} ms",
+                    f"{b['to_mail'][q + '_ms']} ms",
+                    "",
+                )
+            )
+        rows.append(
+            (
+                "  call itself p99",
+                f"{o['call']['p99_ms']} ms",
+                f"{b['call']['p99_ms']} ms",
+                f"overhead {o['call']['p99_ms'] - b['call']['p99_ms']:+.1f} ms",
+            )
+        )
+    rs = out["restart"]
+    rows.append(
+        (
+            "  restart: 100 pending escalations",
+            f"{rs['seconds_to_last_mail']} s",
+            "",
+            f"{rs['served']}/{rs['pending']} served (goal < 5 s)",
+        )
+    )
+    return rows

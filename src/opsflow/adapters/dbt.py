@@ -1,0 +1,190 @@
+"""The audit models' dbt project (``opsflow/dbt``): test and compile it programmatically.
+
+dbt-core 1.10 with dbt-postgres runs in-process through ``dbtRunner``. The profile reads the
+connection from environment variables that this module sets for the invocation only (from
+``TARGET_DATABASE_URL``), so the password is never written to disk. Build output and logs go
+to a temporary folder, so the installed package directory can stay read-only. Nothing is
+downloaded: anonymous usage statistics are off and the project has no ``dbt deps`` packages.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent / "dbt"
+
+# dbt keeps process-wide state (adapters, flags, event manager): one invocation at a time.
+_LOCK = threading.Lock()
+
+
+class DbtError(Exception):
+    """dbt could not run (bad project, no database): worth retrying or fixing the project."""
+
+
+@dataclass
+class DbtTestFailure:
+    """One failed (or warned) data test."""
+
+    name: str
+    severity: str
+    failures: int
+    message: str
+
+
+@dataclass
+class DbtTestReport:
+    """Outcome of ``dbt test``."""
+
+    passed: int = 0
+    failed: list[DbtTestFailure] = field(default_factory=list)
+    warned: list[DbtTestFailure] = field(default_factory=list)
+
+
+def dbt_version() -> str:
+    """Installed dbt-core version."""
+    from dbt.version import __version__
+
+    return str(__version__)
+
+
+def models_revision(project_dir: Path = PROJECT_DIR) -> str:
+    """Revision of the models: ``git:<sha>`` plus a content hash of the project files.
+
+    The content hash is always present (an installed package has no git checkout); the git
+    revision is added when the project lives in a work tree.
+    """
+    digest = hashlib.sha256()
+    for path in sorted(project_dir.rglob("*")):
+        if path.is_file() and path.suffix in {".sql", ".yml", ".yaml"}:
+            digest.update(str(path.relative_to(project_dir)).encode() + b"\0")
+            digest.update(path.read_bytes() + b"\0")
+    content = f"sha256:{digest.hexdigest()[:16]}"
+    git = shutil.which("git")
+    if git is None:
+        return content
+    try:
+        out = subprocess.run(
+            [git, "-C", str(project_dir), "log", "-1", "--format=%H", "--", "."],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return content
+    sha = out.stdout.strip()
+    return f"git:{sha[:12]} {content}" if out.returncode == 0 and sha else content
+
+
+def _profile_env(target_url: str) -> dict[str, str]:
+    parts = urlsplit(target_url)
+    return {
+        "OPSFLOW_DBT_HOST": parts.hostname or "127.0.0.1",
+        "OPSFLOW_DBT_PORT": str(parts.port or 5432),
+        "OPSFLOW_DBT_USER": unquote(parts.username or "postgres"),
+        "OPSFLOW_DBT_PASSWORD": unquote(parts.password or ""),
+        "OPSFLOW_DBT_DBNAME": unquote(parts.path.lstrip("/") or "postgres"),
+        "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
+        "DO_NOT_TRACK": "1",
+    }
+
+
+@contextmanager
+def _session(target_url: str, project_dir: Path) -> Iterator[list[str]]:
+    env = _profile_env(target_url)
+    with _LOCK, tempfile.TemporaryDirectory(prefix="opsflow-dbt-") as tmp:
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            yield [
+                "--project-dir",
+                str(project_dir),
+                "--profiles-dir",
+                str(project_dir),
+                "--target-path",
+                str(Path(tmp) / "target"),
+                "--log-path",
+                str(Path(tmp) / "logs"),
+                "--no-partial-parse",
+                "--no-use-colors",
+                "--quiet",
+                "--log-level",
+                "none",
+            ]
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+
+def _invoke(args: list[str]) -> Any:
+    from dbt.cli.main import dbtRunner
+
+    res = dbtRunner().invoke(args)
+    if res.exception is not None:
+        raise DbtError(f"dbt {args[0]} failed: {type(res.exception).__name__}: {res.exception}")
+    return res
+
+
+def run_tests(target_url: str, project_dir: Path = PROJECT_DIR) -> DbtTestReport:
+    """Run the project's data tests against the application database.
+
+    Raises:
+        DbtError: dbt itself failed (not a data test).
+
+    """
+    with _session(target_url, project_dir) as common:
+        res = _invoke(["test", *common])
+    report = DbtTestReport()
+    for r in res.result or []:
+        status = str(getattr(r.status, "value", r.status))
+        node = r.node
+        severity = str(getattr(node.config, "severity", "ERROR")).upper()
+        entry = DbtTestFailure(
+            name=str(node.name),
+            severity=severity,
+            failures=int(r.failures or 0),
+            message=str(r.message or ""),
+        )
+        if status == "pass":
+            report.passed += 1
+        elif status == "warn":
+            report.warned.append(entry)
+        else:  # "fail" or "error"
+            report.failed.append(entry)
+    return report
+
+
+def compile_models(
+    target_url: str, models: tuple[str, ...], project_dir: Path = PROJECT_DIR
+) -> dict[str, str]:
+    """Compile the named models; return each one's SELECT.
+
+    Raises:
+        DbtError: dbt failed or a model is missing.
+
+    """
+    with _session(target_url, project_dir) as common:
+        res = _invoke(["compile", *common, "--select", " ".join(models)])
+    compiled: dict[str, str] = {}
+    for r in res.result or []:
+        node = r.node
+        if node.resource_type == "model" and node.name in models:
+            compiled[str(node.name)] = str(node.compiled_code).strip().rstrip(";")
+    missing = [m for m in models if m not in compiled]
+    if missing:
+        raise DbtError(f"dbt project has no model(s) {missing}")
+    return compiled

@@ -1,0 +1,115 @@
+"""SMS through an HTTP gateway (a webhook URL and bearer token), with the notifications ledger.
+
+Each message carries an idempotency key, sent as the ``Idempotency-Key`` header and used as the
+key of its ``notifications`` row. A retry after a crash between the gateway's answer and the
+ledger update sends the same key again; the gateway recognises it (answers 200 "duplicate"),
+so the person gets one SMS and the ledger ends ``sent``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import httpx
+import structlog
+from psycopg_pool import AsyncConnectionPool
+
+from opsflow.config import Settings
+
+log = structlog.get_logger(__name__)
+
+
+class SmsDeliveryError(RuntimeError):
+    """The gateway refused or could not be reached (retryable)."""
+
+
+@dataclass(frozen=True)
+class SmsGateway:
+    """Where SMS go. The token stays out of ``repr``."""
+
+    url: str | None
+    token: str | None = None
+    timeout_s: float = 10.0
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> SmsGateway:
+        """Build from ``SMS_WEBHOOK_URL`` / ``SMS_WEBHOOK_TOKEN``."""
+        return cls(
+            url=s.sms_webhook_url,
+            token=s.sms_webhook_token.get_secret_value() if s.sms_webhook_token else None,
+        )
+
+    def __repr__(self) -> str:
+        return f"SmsGateway(url={self.url!r})"
+
+    async def post(self, key: str, to: list[str], text: str) -> bool:
+        """POST one message; return True when the gateway saw this key before.
+
+        Raises:
+            SmsDeliveryError: a network error or a non-2xx answer.
+
+        """
+        if not self.url:
+            raise SmsDeliveryError("SMS_WEBHOOK_URL is not set")
+        headers = {"Idempotency-Key": key}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        try:
+            async with httpx.AsyncClient(timeout=self.timeout_s) as client:
+                resp = await client.post(self.url, json={"to": to, "text": text}, headers=headers)
+        except httpx.HTTPError as exc:
+            raise SmsDeliveryError(f"SMS gateway unreachable: {type(exc).__name__}") from None
+        if resp.status_code >= 300:
+            raise SmsDeliveryError(f"SMS gateway answered {resp.status_code}")
+        try:
+            body = resp.json()
+        except ValueError:
+            return False
+        return bool(isinstance(body, dict) and body.get("duplicate"))
+
+
+async def deliver_sms(
+    pool: AsyncConnectionPool, gateway: SmsGateway, key: str, to: list[str], text: str
+) -> str:
+    """Send ``text`` to ``to`` at most once per ``key``; return the notification status.
+
+    Statuses: ``sent``, or ``suppressed`` when there is no recipient. A failure is recorded
+    (``failed``, counted by health-check) and raised, so the activity retries.
+
+    """
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            """INSERT INTO notifications (idempotency_key, channel, recipients, subject, status)
+               VALUES (%s, 'sms', %s, %s, 'pending')
+               ON CONFLICT (idempotency_key) DO UPDATE SET attempts = notifications.attempts
+               RETURNING status""",
+            (key, to, text[:200]),
+        )
+        row = await cur.fetchone()
+    status = str(next(iter(row.values()))) if isinstance(row, dict) else str(row[0] if row else "")
+    if status in ("sent", "suppressed"):
+        return status
+    if not to:
+        await _set_status(pool, key, "suppressed", None)
+        return "suppressed"
+    try:
+        duplicate = await gateway.post(key, to, text)
+    except SmsDeliveryError as exc:
+        await _set_status(pool, key, "failed", str(exc))
+        log.warning("sms delivery failed", key=key, error=str(exc))
+        raise
+    if duplicate:
+        log.info("sms already delivered by the gateway; recording it", key=key)
+    await _set_status(pool, key, "sent", None)
+    return "sent"
+
+
+async def _set_status(pool: AsyncConnectionPool, key: str, status: str, error: str | None) -> None:
+    async with pool.connection() as conn:
+        await conn.execute(
+            """UPDATE notifications SET status = %s, attempts = attempts + 1,
+                      last_error = COALESCE(%s, last_error),
+                      sent_at = CASE WHEN %s IN ('sent', 'suppressed') THEN now() ELSE sent_at END
+               WHERE idempotency_key = %s""",
+            (status, error, status, key),
+        )

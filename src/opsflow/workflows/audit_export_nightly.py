@@ -1,0 +1,259 @@
+"""``audit-export-nightly``: the nightly audit package of cases and assignments.
+
+Seed 000, "Audit Export Processes -> Scheduled Nightly Export": at 02:00 local time the dbt
+models ``audit_case_snapshot`` and ``audit_assignment_snapshot`` are exported from one database
+snapshot, zipped, encrypted (AES-256-GCM), uploaded to ``s3://<audit bucket>/YYYY/MM/DD/``,
+recorded in ``export_runs`` and ``audit_events`` (``action=export``), and the compliance list
+gets a download link that expires in 7 days. A date that already succeeded is not exported
+again unless ``force`` asks for a new version.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timedelta
+from typing import Any
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy, SearchAttributeKey
+from temporalio.exceptions import ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from opsflow.shared.audit_export_nightly import (
+        AuditExportInput,
+        AuditExportResult,
+        CompiledModels,
+        DistributeRequest,
+        ExportOutcome,
+        ExportRecord,
+        ExportRequest,
+        FailRequest,
+        FinishRequest,
+        Plan,
+        PlanRequest,
+    )
+    from opsflow.shared.common import Progress
+    from opsflow.workflows._common import BOOKKEEPING_RETRY, RunbookWorkflow, actor, set_state
+
+SCHEDULED_START = SearchAttributeKey.for_datetime("TemporalScheduledStartTime")
+STEP_TIMEOUT = timedelta(minutes=2)
+DBT_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=5),
+    maximum_interval=timedelta(minutes=1),
+    maximum_attempts=5,
+    non_retryable_error_types=["DbtTestFailed"],
+)
+# A flaky database or S3 costs a fresh attempt (a new snapshot); a crashed worker is noticed by
+# the missing heartbeat and its upload aborted by the next attempt.
+EXPORT_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=10),
+    maximum_interval=timedelta(minutes=5),
+    maximum_attempts=6,
+    non_retryable_error_types=["KeyringError"],
+)
+MAIL_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=2),
+    maximum_interval=timedelta(minutes=5),
+    maximum_attempts=20,
+)
+
+
+@workflow.defn(name="audit-export-nightly")
+class AuditExportNightly(RunbookWorkflow):
+    """One run per export date (workflow id ``audit-export:YYYY-MM-DD``, or the schedule's)."""
+
+    runbook = "audit-export-nightly"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._exporting = False
+
+    @workflow.signal(name="export_progress")
+    def export_progress(self, figures: dict[str, Any]) -> None:
+        """Rows and bytes of the running export (sent by the export activity)."""
+        if not self._exporting:
+            return
+        rows = int(figures.get("rows", 0))
+        uploaded = int(figures.get("uploaded_bytes", 0))
+        model = str(figures.get("model", ""))
+        self._progress = Progress(
+            step="exporting",
+            done=rows,
+            total=0,
+            message=f"{rows} rows ({model}), {uploaded} bytes uploaded",
+        )
+
+    def _reference_time(self) -> datetime:
+        # A scheduled run exports the date it was due, even when a catch-up starts it later.
+        due = workflow.info().typed_search_attributes.get(SCHEDULED_START)
+        return due if due is not None else workflow.now()
+
+    @workflow.run
+    async def run(self, inp: AuditExportInput) -> AuditExportResult:
+        """Plan, test + compile, export, record, audit and mail (or nothing, if done)."""
+        info = workflow.info()
+        who = actor()
+        await self.record_run("running", inp)
+        self.step("planning", inp.date or "today")
+        plan: Plan = await workflow.execute_activity(
+            "audit_export.plan",
+            PlanRequest(
+                date=inp.date,
+                force=inp.force,
+                workflow_id=info.workflow_id,
+                run_id=info.run_id,
+                actor=who,
+                reference_time=self._reference_time().isoformat(),
+            ),
+            result_type=Plan,
+            start_to_close_timeout=STEP_TIMEOUT,
+            retry_policy=RetryPolicy(
+                initial_interval=timedelta(seconds=1),
+                maximum_interval=timedelta(seconds=30),
+                non_retryable_error_types=["DateInFuture"],
+            ),
+            summary=f"plan export of {inp.date or 'today'} (force={inp.force})",
+        )
+        rec = plan.record
+        if plan.noop:
+            self.step("done", f"{plan.export_date} already exported (v{rec.version}); no change")
+            set_state("noop")
+            result = self._result(plan.export_date, rec, noop=True)
+            await self.record_run("completed", inp, result=result, figures={"noop": True})
+            return result
+
+        set_state("exporting")
+        try:
+            result = await self._export(plan, who)
+        except (Exception, asyncio.CancelledError) as exc:
+            failure = _describe(exc)
+            await workflow.execute_activity(
+                "audit_export.fail",
+                FailRequest(record=rec, failure=failure, actor=who),
+                start_to_close_timeout=STEP_TIMEOUT,
+                retry_policy=BOOKKEEPING_RETRY,
+                summary="mark the export failed",
+            )
+            await self.audit(
+                "export",
+                f"s3://{rec.bucket}/{rec.object_key}",
+                outcome="failure",
+                export_date=plan.export_date,
+                version=rec.version,
+                failure=failure,
+            )
+            set_state("failed")
+            await self.record_run(
+                "cancelled" if isinstance(exc, asyncio.CancelledError) else "failed",
+                inp,
+                failure=failure,
+            )
+            raise
+        await self.record_run(
+            "completed",
+            inp,
+            result=result,
+            figures={"rows": sum(result.row_counts.values()), "bytes": result.ciphertext_bytes},
+        )
+        return result
+
+    async def _export(self, plan: Plan, who: str) -> AuditExportResult:
+        info = workflow.info()
+        rec = plan.record
+        self.step("dbt", "dbt test + compile of the audit models")
+        models: CompiledModels = await workflow.execute_activity(
+            "audit_export.dbt_check",
+            result_type=CompiledModels,
+            start_to_close_timeout=timedelta(minutes=10),
+            retry_policy=DBT_RETRY,
+            summary="dbt test, then compile audit_case_snapshot + audit_assignment_snapshot",
+        )
+        self.step("exporting", f"s3://{rec.bucket}/{rec.object_key}")
+        self._exporting = True
+        outcome: ExportOutcome = await workflow.execute_activity(
+            "audit_export.export",
+            ExportRequest(record=rec, models=models),
+            result_type=ExportOutcome,
+            start_to_close_timeout=timedelta(hours=6),
+            heartbeat_timeout=timedelta(seconds=30),
+            retry_policy=EXPORT_RETRY,
+            summary=f"snapshot -> zip -> AES-256-GCM -> s3://{rec.bucket}/{rec.object_key}",
+        )
+        self._exporting = False
+        self.step("recording", "export_runs + audit event")
+        final: ExportRecord = await workflow.execute_activity(
+            "audit_export.finish",
+            FinishRequest(
+                record=rec,
+                outcome=outcome,
+                actor=who,
+                workflow_id=info.workflow_id,
+                run_id=info.run_id,
+            ),
+            result_type=ExportRecord,
+            start_to_close_timeout=STEP_TIMEOUT,
+            retry_policy=RetryPolicy(
+                initial_interval=timedelta(seconds=1),
+                maximum_interval=timedelta(seconds=30),
+                non_retryable_error_types=["Superseded"],
+            ),
+            summary="export_runs: succeeded",
+        )
+        await self.audit(
+            "export",
+            f"s3://{rec.bucket}/{rec.object_key}",
+            export_date=plan.export_date,
+            version=rec.version,
+            forced=rec.forced,
+            key_id=outcome.key_id,
+            snapshot_at=outcome.snapshot_at,
+            row_counts={e.model: e.rows for e in outcome.entries},
+            ciphertext_sha256=outcome.ciphertext_sha256,
+            plaintext_sha256=outcome.plaintext_sha256,
+        )
+        self.step("mailing", "distribution mail to compliance")
+        mail_status: str = await workflow.execute_activity(
+            "audit_export.distribute",
+            DistributeRequest(
+                record=final,
+                outcome=outcome,
+                idempotency_key=f"audit-export:{plan.export_date}:v{rec.version}",
+            ),
+            result_type=str,
+            start_to_close_timeout=STEP_TIMEOUT,
+            retry_policy=MAIL_RETRY,
+            summary="mail compliance a 7-day link",
+        )
+        set_state("exported")
+        rows = sum(final.row_counts.values())
+        self.step("done", f"{rows} rows, {outcome.ciphertext_bytes} bytes; mail {mail_status}")
+        result = self._result(plan.export_date, final, noop=False)
+        result.mail_status = mail_status
+        return result
+
+    @staticmethod
+    def _result(export_date: str, rec: ExportRecord, *, noop: bool) -> AuditExportResult:
+        return AuditExportResult(
+            export_date=export_date,
+            noop=noop,
+            version=rec.version,
+            forced=rec.forced,
+            bucket=rec.bucket,
+            object_key=rec.object_key,
+            key_id=rec.key_id,
+            snapshot_at=rec.snapshot_at,
+            row_counts=dict(rec.row_counts),
+            plaintext_sha256=rec.plaintext_sha256,
+            ciphertext_sha256=rec.ciphertext_sha256,
+            ciphertext_bytes=rec.ciphertext_bytes,
+        )
+
+
+def _describe(exc: BaseException) -> str:
+    # The activity's own message (e.g. the failing dbt test) is the useful part.
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ApplicationError):
+            return f"{cause.type or 'ApplicationError'}: {cause.message}"
+        cause = cause.__cause__
+    return str(exc) or type(exc).__name__

@@ -1,0 +1,414 @@
+"""``sla-escalation``: one durable workflow per open request with an SLA due time.
+
+Seed 000, "Escalating SLA Breaches": at ``sla_due_at - 24h`` the request joins the SLA
+watchlist; a supervisor's ``escalate`` notifies the department's supervisors by mail and SMS,
+sets ``priority=critical`` and expedites the request; past ``sla_due_at`` and unresolved, the
+status changes once to ``waiting_external`` or ``in_progress`` with a reason; follow-up notes go
+to the request timeline. ``request_resolved`` ends the workflow; ``sla_changed`` re-arms the
+timers. Long-lived runs continue-as-new with their state and the signals not yet handled.
+
+Every signal is queued and handled in order by the main loop, so handlers stay synchronous and
+nothing is lost across continue-as-new.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import asdict
+from datetime import datetime, timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy, SearchAttributeKey
+
+with workflow.unsafe.imports_passed_through():
+    from opsflow.shared import ids
+    from opsflow.shared.common import RunRecord
+    from opsflow.shared.sla_escalation import (
+        BREACHED,
+        ESCALATED,
+        OK,
+        RESOLVED,
+        WATCH,
+        WATCH_HOURS,
+        WORKFLOW_TYPE,
+        BreachOutcome,
+        BreachRequest,
+        EscalateRequest,
+        EscalateSignal,
+        NoteRequest,
+        NoteSignal,
+        RequestFacts,
+        ResolvedSignal,
+        SlaCarry,
+        SlaChangedSignal,
+        SlaEscalationInput,
+        SlaEscalationRecord,
+        SlaEscalationResult,
+        SlaEvent,
+        SlaNote,
+        SlaState,
+        SlaSync,
+        SupervisorNotice,
+    )
+    from opsflow.workflows._common import (
+        BOOKKEEPING_RETRY,
+        BOOKKEEPING_TIMEOUT,
+        RUNBOOK_KEY,
+        RunbookWorkflow,
+        actor,
+        set_state,
+    )
+
+SLA_STATE_KEY = SearchAttributeKey.for_keyword(ids.SA_SLA_STATE)
+SLA_DUE_KEY = SearchAttributeKey.for_datetime(ids.SA_SLA_DUE_AT)
+REQUEST_KEY = SearchAttributeKey.for_keyword(ids.SA_REQUEST_ID)
+DEPARTMENT_KEY = SearchAttributeKey.for_keyword(ids.SA_DEPARTMENT)
+
+STEP_TIMEOUT = timedelta(seconds=30)
+# Database steps must eventually happen: retry with backoff, without limit.
+DB_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1))
+# A notification that fails is retried and never lost (the ledger makes retries safe).
+NOTIFY_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=5)
+)
+
+
+def _parse(value: str) -> datetime:
+    return datetime.fromisoformat(value)
+
+
+@workflow.defn(name=WORKFLOW_TYPE)
+class SlaEscalation(RunbookWorkflow):
+    """The SLA of one request (workflow id ``sla:request:<id>``)."""
+
+    runbook = WORKFLOW_TYPE
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._events: list[SlaEvent] = []
+        self._carry = SlaCarry()
+        self._request_id = 0
+        self._due = ""
+        self._department = ""
+
+    # ------------------------------------------------------------------------------ signals
+
+    def _push(self, event: SlaEvent) -> None:
+        self._carry.seq += 1
+        event.seq = self._carry.seq
+        self._events.append(event)
+
+    @workflow.signal(name="escalate")
+    def escalate(self, sig: EscalateSignal) -> None:
+        """Supervisor escalation (the API lets only supervisors send it)."""
+        self._push(SlaEvent(kind="escalate", actor=sig.actor, text=sig.reason))
+
+    @workflow.signal(name="add_note")
+    def add_note(self, sig: NoteSignal) -> None:
+        """Queue a manual follow-up note for the request timeline."""
+        self._push(SlaEvent(kind="note", actor=sig.actor, text=sig.text))
+
+    @workflow.signal(name="request_resolved")
+    def request_resolved(self, sig: ResolvedSignal | None = None) -> None:
+        """End cleanly: the request is resolved or closed."""
+        self._push(SlaEvent(kind="resolved", actor=sig.actor if sig else "unknown"))
+
+    @workflow.signal(name="sla_changed")
+    def sla_changed(self, sig: SlaChangedSignal) -> None:
+        """Re-arm the timers: the due time moved."""
+        self._push(SlaEvent(kind="sla_changed", actor=sig.actor, new_due_at=sig.new_due_at))
+
+    @workflow.query(name="sla_state")
+    def sla_state(self) -> SlaState:
+        """Due time, state, escalations and notes."""
+        watch_at = ""
+        if self._due:
+            watch_at = (_parse(self._due) - timedelta(hours=WATCH_HOURS)).isoformat()
+        return SlaState(
+            request_id=self._request_id,
+            due_at=self._due,
+            state=self._carry.state,
+            watch_at=watch_at,
+            breached_at=self._carry.breached_at,
+            escalations=list(self._carry.escalations),
+            notes=list(self._carry.notes),
+            generation=self._carry.generation,
+        )
+
+    # ---------------------------------------------------------------------------------- run
+
+    @workflow.run
+    async def run(self, inp: SlaEscalationInput) -> SlaEscalationResult:
+        """Sleep on the SLA's timers and handle signals until the request is resolved."""
+        self._request_id = inp.request_id
+        self._due = _parse(inp.sla_due_at).isoformat()
+        self._department = inp.department
+        if inp.carry is not None:
+            self._carry = inp.carry
+            # Signals received before the previous run continued as new come first.
+            self._events = list(inp.carry.pending) + self._events
+            self._carry.pending = []
+        await self._record_local("running", inp)
+        self._carry.generation = inp.carry.generation + 1 if inp.carry else 0
+
+        facts = await self._sync()
+        if not facts.exists or facts.status in ("resolved", "closed"):
+            return await self._finish(inp, f"request {facts.status or 'missing'}")
+        if facts.department:
+            self._department = facts.department
+        self._publish()
+
+        while True:
+            if self._events:
+                event = self._events.pop(0)
+                if event.kind == "resolved":
+                    return await self._finish(inp, "request_resolved", event.actor)
+                await self._handle(event)
+                continue
+            if self._should_continue_as_new(inp):
+                # Handlers are synchronous; this only makes sure none is mid-flight.
+                await workflow.wait_condition(workflow.all_handlers_finished)
+                await self._record_local("continued_as_new", inp)
+                if not self._events:
+                    self._carry.pending = []
+                    workflow.continue_as_new(
+                        SlaEscalationInput(
+                            request_id=inp.request_id,
+                            sla_due_at=self._due,
+                            department=self._department,
+                            carry=self._carry,
+                            max_history_events=inp.max_history_events,
+                        )
+                    )
+                continue
+            deadline, what = self._next_deadline()
+            self.step(self._carry.state, f"next: {what} at {deadline.isoformat()}" if what else "")
+            try:
+                timeout = max(deadline - workflow.now(), timedelta(0)) if what else None
+                await workflow.wait_condition(lambda: bool(self._events), timeout=timeout)
+            except TimeoutError:
+                if what == "watch":
+                    await self._enter_watch()
+                elif what == "breach":
+                    await self._breach()
+
+    def _should_continue_as_new(self, inp: SlaEscalationInput) -> bool:
+        info = workflow.info()
+        return (
+            info.is_continue_as_new_suggested()
+            or info.get_current_history_length() >= inp.max_history_events
+        )
+
+    def _next_deadline(self) -> tuple[datetime, str]:
+        due = _parse(self._due)
+        if self._carry.state == OK:
+            return due - timedelta(hours=WATCH_HOURS), "watch"
+        if self._carry.breached_due != self._due:
+            return due, "breach"
+        return due, ""
+
+    async def _enter_watch(self) -> None:
+        if self._carry.state == OK:
+            self._carry.state = WATCH
+            await self._sync()
+            self._publish()
+
+    async def _breach(self) -> None:
+        info = workflow.info()
+        self._carry.breached_due = self._due
+        self._carry.breached_at = workflow.now().isoformat()
+        outcome: BreachOutcome = await workflow.execute_activity(
+            "sla.breach",
+            BreachRequest(
+                request_id=self._request_id,
+                due_at=self._due,
+                workflow_id=info.workflow_id,
+                actor="system:sla-escalation",
+            ),
+            result_type=BreachOutcome,
+            start_to_close_timeout=STEP_TIMEOUT,
+            retry_policy=DB_RETRY,
+            summary=f"SLA breached: request {self._request_id} due {self._due}",
+        )
+        if self._carry.state != ESCALATED:
+            self._carry.state = BREACHED
+        await self._sync()
+        self._publish()
+        if outcome.changed:
+            key = f"{info.workflow_id}/breach/{self._due}"
+            subject = f"[opsflow] SLA breached: request {self._request_id}"
+            body = (
+                f"Request {self._request_id} passed its SLA due time {self._due} unresolved.\n"
+                f"Status: {outcome.old_status} -> {outcome.new_status}\n"
+                f"Reason: {outcome.reason}\n"
+            )
+            await self._notify(key, subject, body, sms=False)
+
+    async def _handle(self, event: SlaEvent) -> None:
+        info = workflow.info()
+        now = workflow.now().isoformat()
+        if event.kind == "escalate":
+            key = f"{info.workflow_id}/escalate/{event.seq}"
+            # The supervisors hear of it at once: the request change and both notifications
+            # run side by side (each is idempotent on its own key), then the read model.
+            await asyncio.gather(
+                workflow.execute_activity(
+                    "sla.escalate",
+                    EscalateRequest(
+                        request_id=self._request_id,
+                        reason=event.text,
+                        actor=event.actor,
+                        workflow_id=info.workflow_id,
+                        key=key,
+                    ),
+                    start_to_close_timeout=STEP_TIMEOUT,
+                    retry_policy=DB_RETRY,
+                    summary=f"escalate request {self._request_id}: priority critical, expedited",
+                ),
+                self._notify(
+                    key,
+                    f"[opsflow] ESCALATED: request {self._request_id} (SLA due {self._due})",
+                    f"{event.actor} escalated request {self._request_id}.\n"
+                    f"Reason: {event.text}\nSLA due: {self._due}\n"
+                    "Priority is now critical and the request is expedited.\n",
+                    sms=True,
+                ),
+            )
+            self._carry.escalations.append(
+                SlaEscalationRecord(reason=event.text, actor=event.actor, at=now)
+            )
+            self._carry.state = ESCALATED
+            await self._sync()
+            self._publish()
+        elif event.kind == "note":
+            await workflow.execute_activity(
+                "sla.add_note",
+                NoteRequest(
+                    request_id=self._request_id,
+                    text=event.text,
+                    actor=event.actor,
+                    workflow_id=info.workflow_id,
+                    key=f"{info.workflow_id}/note/{event.seq}",
+                ),
+                start_to_close_timeout=STEP_TIMEOUT,
+                retry_policy=DB_RETRY,
+                summary=f"note on request {self._request_id}",
+            )
+            self._carry.notes.append(SlaNote(text=event.text, actor=event.actor, at=now))
+        elif event.kind == "sla_changed" and event.new_due_at:
+            new_due = _parse(event.new_due_at).isoformat()
+            if new_due == self._due:
+                return
+            self._due = new_due
+            if self._carry.state in (WATCH, BREACHED):
+                # Re-arm: the state follows the new due time; a new due time can be breached.
+                self._carry.state = OK
+            if (
+                self._carry.state == OK
+                and _parse(new_due) - timedelta(hours=WATCH_HOURS) <= workflow.now()
+            ):
+                self._carry.state = WATCH
+            await self._sync()
+            self._publish()
+
+    async def _notify(self, key: str, subject: str, body: str, *, sms: bool) -> None:
+        channels = ["mail", "sms"] if sms else ["mail"]
+        await asyncio.gather(
+            *(
+                workflow.execute_activity(
+                    "sla.notify_supervisors",
+                    SupervisorNotice(
+                        request_id=self._request_id,
+                        channel=channel,
+                        idempotency_key=f"{key}/{channel}",
+                        subject=subject,
+                        body=body,
+                    ),
+                    result_type=int,
+                    start_to_close_timeout=STEP_TIMEOUT,
+                    retry_policy=NOTIFY_RETRY,
+                    summary=f"notify supervisors by {channel}",
+                )
+                for channel in channels
+            )
+        )
+
+    async def _record_local(self, status: str, inp: SlaEscalationInput) -> None:
+        """Write the runs row as a local activity.
+
+        Ten thousand requests arm at once: a local activity costs the server no task of its
+        own (the dev server's SQLite store is the limit), and the upsert is idempotent.
+        """
+        info = workflow.info()
+        await workflow.execute_local_activity(
+            "platform.record_run",
+            RunRecord(
+                workflow_id=info.workflow_id,
+                run_id=info.run_id,
+                runbook=self.runbook,
+                actor=actor(),
+                status=status,
+                input=asdict(inp),
+            ),
+            start_to_close_timeout=BOOKKEEPING_TIMEOUT,
+            retry_policy=BOOKKEEPING_RETRY,
+            summary=f"runs: {status}",
+        )
+
+    async def _sync(self) -> RequestFacts:
+        # A local activity for the same reason as _record_local: it runs at every state change.
+        facts: RequestFacts = await workflow.execute_local_activity(
+            "sla.sync",
+            SlaSync(
+                request_id=self._request_id,
+                workflow_id=workflow.info().workflow_id,
+                due_at=self._due,
+                state=self._carry.state,
+                escalations=len(self._carry.escalations),
+                breached_at=self._carry.breached_at,
+            ),
+            result_type=RequestFacts,
+            start_to_close_timeout=STEP_TIMEOUT,
+            retry_policy=DB_RETRY,
+            summary=f"watchlist: request {self._request_id} {self._carry.state}",
+        )
+        return facts
+
+    def _publish(self) -> None:
+        """Show the SLA in the Web UI (only where opsflow's attributes are registered)."""
+        set_state(self._carry.state)
+        if workflow.info().typed_search_attributes.get(RUNBOOK_KEY) is None:
+            return
+        workflow.upsert_search_attributes(
+            [
+                SLA_STATE_KEY.value_set(self._carry.state),
+                SLA_DUE_KEY.value_set(_parse(self._due)),
+                REQUEST_KEY.value_set(str(self._request_id)),
+                DEPARTMENT_KEY.value_set(self._department or "-"),
+            ]
+        )
+
+    async def _finish(
+        self, inp: SlaEscalationInput, ended_by: str, by: str = ""
+    ) -> SlaEscalationResult:
+        breached = bool(self._carry.breached_due)
+        self._carry.state = RESOLVED
+        await self._sync()
+        self._publish()
+        self.step("done", f"ended by {ended_by}" + (f" ({by})" if by else ""))
+        result = SlaEscalationResult(
+            request_id=self._request_id,
+            state=RESOLVED,
+            due_at=self._due,
+            breached=breached,
+            escalations=len(self._carry.escalations),
+            notes=len(self._carry.notes),
+            ended_by=ended_by,
+        )
+        await self.record_run(
+            "completed",
+            inp,
+            result=result,
+            figures={"escalations": result.escalations, "breached": breached},
+        )
+        return result

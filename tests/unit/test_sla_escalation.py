@@ -1,0 +1,238 @@
+"""sla-escalation under the time-skipping server: the whole timeline, activities mocked by name."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from temporalio import activity
+from temporalio.client import WorkflowHandle
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from opsflow.shared.common import AuditEventIn, RunRecord
+from opsflow.shared.sla_escalation import (
+    BreachOutcome,
+    BreachRequest,
+    EscalateRequest,
+    EscalateSignal,
+    NoteRequest,
+    NoteSignal,
+    RequestFacts,
+    ResolvedSignal,
+    SlaChangedSignal,
+    SlaEscalationInput,
+    SlaEscalationResult,
+    SlaState,
+    SlaSync,
+    SupervisorNotice,
+)
+from opsflow.workflows.sla_escalation import SlaEscalation
+
+
+@dataclass
+class FakeSla:
+    """In-memory stand-in for the request, the read model and the notifications."""
+
+    status: str = "assigned"
+    syncs: list[SlaSync] = field(default_factory=list)
+    breaches: list[BreachRequest] = field(default_factory=list)
+    escalations: list[EscalateRequest] = field(default_factory=list)
+    notes: list[NoteRequest] = field(default_factory=list)
+    notices: list[SupervisorNotice] = field(default_factory=list)
+    runs: list[RunRecord] = field(default_factory=list)
+
+    def activities(self) -> list[Any]:
+        @activity.defn(name="sla.sync")
+        async def sync(s: SlaSync) -> RequestFacts:
+            self.syncs.append(s)
+            return RequestFacts(request_id=s.request_id, status=self.status, department="ROADS")
+
+        @activity.defn(name="sla.breach")
+        async def breach(b: BreachRequest) -> BreachOutcome:
+            self.breaches.append(b)
+            old, self.status = self.status, "in_progress"
+            return BreachOutcome(changed=True, old_status=old, new_status="in_progress")
+
+        @activity.defn(name="sla.escalate")
+        async def escalate(e: EscalateRequest) -> None:
+            self.escalations.append(e)
+
+        @activity.defn(name="sla.add_note")
+        async def add_note(n: NoteRequest) -> None:
+            self.notes.append(n)
+
+        @activity.defn(name="sla.notify_supervisors")
+        async def notify(n: SupervisorNotice) -> int:
+            self.notices.append(n)
+            return 1
+
+        @activity.defn(name="platform.record_run")
+        async def record_run(r: RunRecord) -> None:
+            self.runs.append(r)
+
+        @activity.defn(name="platform.audit")
+        async def audit(e: AuditEventIn) -> None:
+            pass
+
+        return [sync, breach, escalate, add_note, notify, record_run, audit]
+
+
+@dataclass
+class Harness:
+    env: WorkflowEnvironment
+    fake: FakeSla
+    task_queue: str
+
+    async def start(self, due_in: timedelta, **kw: Any) -> WorkflowHandle[Any, Any]:
+        now = await self.env.get_current_time()
+        return await self.env.client.start_workflow(
+            SlaEscalation.run,
+            SlaEscalationInput(request_id=42, sla_due_at=(now + due_in).isoformat(), **kw),
+            id=f"sla:request:test-{uuid.uuid4()}",
+            task_queue=self.task_queue,
+            memo={"actor": "system:test"},
+        )
+
+    async def state(self, handle: WorkflowHandle[Any, Any]) -> SlaState:
+        result: SlaState = await handle.query(SlaEscalation.sla_state)
+        return result
+
+    async def settle(self, handle: WorkflowHandle[Any, Any], want: str) -> SlaState:
+        """Wait (real time) until the workflow has caught up with what was sent."""
+        state = await self.state(handle)
+        for _ in range(100):
+            if state.state == want:
+                return state
+            await asyncio.sleep(0.05)
+            state = await self.state(handle)
+        return state
+
+
+@pytest_asyncio.fixture
+async def sla(ts_env: WorkflowEnvironment) -> AsyncIterator[Harness]:
+    fake = FakeSla()
+    tq = f"tq-{uuid.uuid4()}"
+    async with Worker(
+        ts_env.client, task_queue=tq, workflows=[SlaEscalation], activities=fake.activities()
+    ):
+        yield Harness(ts_env, fake, tq)
+
+
+async def test_ok_then_watch_then_breach_once_then_resolved(sla: Harness) -> None:
+    handle = await sla.start(timedelta(hours=48))
+    assert (await sla.settle(handle, "ok")).state == "ok"
+    await sla.env.sleep(timedelta(hours=23))
+    assert (await sla.settle(handle, "ok")).state == "ok"  # not on the watchlist yet
+    await sla.env.sleep(timedelta(hours=2))
+    state = await sla.settle(handle, "watch")
+    assert state.state == "watch"
+    assert sla.fake.syncs[-1].state == "watch"
+    assert not sla.fake.breaches
+    await sla.env.sleep(timedelta(hours=24))
+    state = await sla.settle(handle, "breached")
+    assert state.state == "breached" and state.breached_at
+    await sla.env.sleep(timedelta(hours=72))  # nothing more happens: the breach is once
+    assert len(sla.fake.breaches) == 1
+    assert [n.channel for n in sla.fake.notices] == ["mail"]
+    await handle.signal(SlaEscalation.request_resolved, ResolvedSignal(actor="token:op"))
+    result: SlaEscalationResult = await handle.result()
+    assert result.breached and result.state == "resolved"
+    assert result.ended_by == "request_resolved"
+    assert len(sla.fake.breaches) == 1
+    assert sla.fake.syncs[-1].state == "resolved"
+    assert [r.status for r in sla.fake.runs] == ["running", "completed"]
+
+
+async def test_escalate_notifies_by_mail_and_sms_once(sla: Harness) -> None:
+    handle = await sla.start(timedelta(hours=10))
+    await handle.signal(
+        SlaEscalation.escalate, EscalateSignal(reason="road flooded", actor="token:sup")
+    )
+    state = await sla.settle(handle, "escalated")
+    assert state.state == "escalated"
+    assert [(e.actor, e.reason) for e in state.escalations] == [("token:sup", "road flooded")]
+    assert len(sla.fake.escalations) == 1
+    assert sorted(n.channel for n in sla.fake.notices) == ["mail", "sms"]
+    keys = {n.idempotency_key for n in sla.fake.notices}
+    assert len(keys) == 2 and all("/escalate/" in k for k in keys)
+    await handle.signal(SlaEscalation.request_resolved, ResolvedSignal())
+    result: SlaEscalationResult = await handle.result()
+    assert result.escalations == 1 and not result.breached
+
+
+async def test_resolved_before_breach_means_no_breach_action(sla: Harness) -> None:
+    handle = await sla.start(timedelta(hours=30))
+    await sla.env.sleep(timedelta(hours=7))
+    assert (await sla.settle(handle, "watch")).state == "watch"
+    await handle.signal(SlaEscalation.request_resolved, ResolvedSignal())
+    result: SlaEscalationResult = await handle.result()
+    assert not result.breached
+    await sla.env.sleep(timedelta(hours=48))
+    assert sla.fake.breaches == []
+    assert sla.fake.notices == []
+
+
+async def test_due_moved_later_then_earlier(sla: Harness) -> None:
+    handle = await sla.start(timedelta(hours=30))
+    await sla.env.sleep(timedelta(hours=7))
+    assert (await sla.settle(handle, "watch")).state == "watch"
+    now = await sla.env.get_current_time()
+    later = now + timedelta(hours=100)
+    await handle.signal(SlaEscalation.sla_changed, SlaChangedSignal(new_due_at=later.isoformat()))
+    state = await sla.settle(handle, "ok")
+    assert state.state == "ok"
+    assert datetime.fromisoformat(state.due_at) == later
+    await sla.env.sleep(timedelta(hours=30))  # past the old due time: no breach
+    assert sla.fake.breaches == []
+    assert (await sla.state(handle)).state == "ok"
+    now = await sla.env.get_current_time()
+    earlier = now + timedelta(hours=2)
+    await handle.signal(SlaEscalation.sla_changed, SlaChangedSignal(new_due_at=earlier.isoformat()))
+    assert (await sla.settle(handle, "watch")).state == "watch"
+    await sla.env.sleep(timedelta(hours=3))
+    assert (await sla.settle(handle, "breached")).state == "breached"
+    assert len(sla.fake.breaches) == 1
+    assert datetime.fromisoformat(sla.fake.breaches[0].due_at) == earlier
+    await handle.signal(SlaEscalation.request_resolved, ResolvedSignal())
+    await handle.result()
+
+
+async def test_already_resolved_request_ends_at_once(sla: Harness) -> None:
+    sla.fake.status = "closed"
+    handle = await sla.start(timedelta(hours=5))
+    result: SlaEscalationResult = await handle.result()
+    assert result.ended_by == "request closed"
+    assert sla.fake.breaches == []
+
+
+@pytest.mark.parametrize("notes", [12])
+async def test_continue_as_new_keeps_state_and_signals(sla: Harness, notes: int) -> None:
+    handle = await sla.start(timedelta(hours=60), max_history_events=20)
+    await handle.signal(SlaEscalation.escalate, EscalateSignal(reason="urgent", actor="token:s"))
+    # A burst: some notes land while the run is continuing as new.
+    for i in range(notes):
+        await handle.signal(SlaEscalation.add_note, NoteSignal(text=f"note {i}", actor="token:o"))
+    state = await sla.state(handle)
+    for _ in range(200):
+        state = await sla.state(handle)
+        if len(state.notes) == notes and state.generation >= 1:
+            break
+        await asyncio.sleep(0.05)
+    assert state.generation >= 1, "the run never continued as new"
+    assert [n.text for n in state.notes] == [f"note {i}" for i in range(notes)]
+    assert state.state == "escalated" and len(state.escalations) == 1
+    assert [n.text for n in sla.fake.notes] == [f"note {i}" for i in range(notes)]
+    assert "continued_as_new" in [r.status for r in sla.fake.runs]
+    await sla.env.sleep(timedelta(hours=61))
+    state = await sla.settle(handle, "escalated")
+    assert len(sla.fake.breaches) == 1  # the timers were re-armed in the new run
+    await handle.signal(SlaEscalation.request_resolved, ResolvedSignal())
+    result: SlaEscalationResult = await handle.result()
+    assert result.notes == notes and result.escalations == 1 and result.breached
