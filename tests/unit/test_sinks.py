@@ -170,3 +170,35 @@ def test_app_health_endpoint_is_settable(sinks: tuple[MailSink, HttpSink, str]) 
     assert (down.status_code, down.json()) == (503, {"status": "degraded"})
     http.set_health()
     assert httpx.get(f"{url}/api/health").json() == {"status": "ok"}
+
+
+def _send_with_id(port: int, message_id: str, subject: str) -> None:
+    msg = EmailMessage()
+    msg["From"] = "opsflow@localhost"
+    msg["To"] = "a@example.com"
+    msg["Subject"] = subject
+    msg["Message-ID"] = message_id
+    msg.set_content("body")
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as smtp:
+        smtp.send_message(msg)
+
+
+def test_mail_sink_delivers_a_message_id_once_even_across_restart(tmp_path: Path) -> None:
+    port = DevPorts.free().smtp
+    mail = MailSink(tmp_path / "mail", port)
+    mail.start()
+    try:
+        _send_with_id(port, "<k1@opsflow>", "first")
+        _send_with_id(port, "<k1@opsflow>", "retry after a crash")
+        _send_with_id(port, "<k2@opsflow>", "other")
+    finally:
+        mail.stop()
+    again = MailSink(tmp_path / "mail", port)
+    again.start()
+    try:
+        _send_with_id(port, "<k1@opsflow>", "retry after a sink restart")
+        _send(port, ["b@example.com"], "no message id")
+    finally:
+        again.stop()
+    subjects = [str(m["Subject"]) for m in read_mails(tmp_path / "mail")]
+    assert sorted(subjects) == ["first", "no message id", "other"]

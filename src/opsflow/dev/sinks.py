@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email import policy
 from email.message import EmailMessage
-from email.parser import BytesParser
+from email.parser import BytesHeaderParser, BytesParser
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -77,6 +77,12 @@ class _MailHandler:
         self.folder = folder
         self.fail_next = 0
         self._lock = threading.Lock()
+        # Mail readers drop a second copy with the same Message-ID; the sink does the same, so
+        # a sender's retry after a crash between send and record is delivered once. Seeded
+        # from the folder so a restarted sink still knows what it kept.
+        self._seen: set[str] = {
+            mid for path in sorted(folder.glob("*.eml")) if (mid := _message_id(path.read_bytes()))
+        }
 
     def take_failure(self) -> bool:
         with self._lock:
@@ -95,9 +101,22 @@ class _MailHandler:
             f"X-Opsflow-Envelope-From: {envelope.mail_from}\r\n"
             f"X-Opsflow-Envelope-To: {', '.join(envelope.rcpt_tos)}\r\n"
         ).encode()
+        mid = _message_id(bytes(content))
+        with self._lock:
+            if mid and mid in self._seen:
+                return "250 Message accepted (duplicate Message-ID, already delivered)"
+            if mid:
+                self._seen.add(mid)
         name = f"{_stamp()}-{uuid.uuid4().hex[:8]}.eml"
         _write_atomic(self.folder / name, head + bytes(content))
         return "250 Message accepted for delivery"
+
+
+def _message_id(raw: bytes) -> str | None:
+    """Return the Message-ID header of a raw message (headers only are parsed)."""
+    headers = BytesHeaderParser(policy=policy.default).parsebytes(raw)
+    value = headers.get("Message-ID")
+    return str(value).strip() if value else None
 
 
 def _accept_any_login(*_args: Any) -> AuthResult:
