@@ -42,14 +42,8 @@ class DevRoleElevationActivities:
         self.mailer = mailer
 
     async def _audit_once(self, event: AuditEventIn) -> None:
-        async with self.ops.connection() as conn, conn.transaction():
-            cur = await conn.execute(
-                """SELECT 1 FROM audit_events WHERE workflow_id = %s AND run_id IS NOT DISTINCT
-                   FROM %s AND action = %s LIMIT 1""",
-                (event.workflow_id, event.run_id, event.action),
-            )
-            if await cur.fetchone() is None:
-                await audit.append_event(conn, event)
+        # One event per run and action, however often the activity is retried.
+        await audit.record_event_once(self.ops, event, f"{event.run_id}")
 
     @activity.defn(name="dev_role.grant")
     async def grant(self, req: GrantRequest) -> None:

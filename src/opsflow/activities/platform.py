@@ -33,16 +33,7 @@ class PlatformActivities:
     @activity.defn(name="platform.audit")
     async def audit(self, event: AuditEventIn) -> None:
         """Append an audit event once per (run, action, target), even across retries."""
-        async with self.pool.connection() as conn, conn.transaction():
-            if event.workflow_id and event.run_id:
-                cur = await conn.execute(
-                    """SELECT 1 FROM audit_events WHERE workflow_id = %s AND run_id = %s
-                       AND action = %s AND target = %s LIMIT 1""",
-                    (event.workflow_id, event.run_id, event.action, event.target),
-                )
-                if await cur.fetchone():
-                    return
-            await audit.append_event(conn, event)
+        await audit.record_event_once(self.pool, event, f"{event.run_id}/{event.target}")
 
     @activity.defn(name="platform.send_mail")
     async def send_mail(self, msg: MailMessage) -> str:

@@ -50,19 +50,8 @@ from opsflow.shared.sla_escalation import (
 CLOSED = ("resolved", "closed")
 
 
-async def audit_once(pool: AsyncConnectionPool, event: AuditEventIn, key: str) -> None:
-    """Append ``event`` unless an event with the same ``details.key`` exists (retry-safe)."""
-    event.details = {**event.details, "key": key}
-    async with pool.connection() as conn, conn.transaction():
-        # Serialise writers of the same key so two attempts cannot both miss the row.
-        await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (key,))
-        cur = await conn.execute(
-            """SELECT 1 FROM audit_events WHERE workflow_id IS NOT DISTINCT FROM %s
-               AND action = %s AND details->>'key' = %s LIMIT 1""",
-            (event.workflow_id, event.action, key),
-        )
-        if await cur.fetchone() is None:
-            await audit.append_event(conn, event)
+# Retry-safe audit events (kept under this name for the SLA and triage activities).
+audit_once = audit.record_event_once
 
 
 async def _timeline_once(

@@ -246,6 +246,38 @@ async def record_event(pool: AsyncConnectionPool[Any], event: AuditEventIn) -> A
         return await append_event(conn, event)
 
 
+async def record_event_once(
+    pool: AsyncConnectionPool[Any], event: AuditEventIn, key: str
+) -> bool:
+    """Append ``event`` unless one with the same workflow id, action and key exists.
+
+    Activities retry; this makes their audit events retry-safe. The key is stored in
+    ``details.key``; writers of the same key are serialised, so two attempts cannot both miss
+    the row.
+
+    Args:
+        pool: Pool of the opsflow database.
+        event: The event (its ``details`` gain ``key``).
+        key: What makes the event unique for its workflow and action (e.g. run id and target).
+
+    Returns:
+        True if the event was appended, False if it was there already.
+
+    """
+    event.details = {**event.details, "key": key}
+    async with pool.connection() as conn, conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (key,))
+        cur = await conn.execute(
+            """SELECT 1 FROM audit_events WHERE workflow_id IS NOT DISTINCT FROM %s
+               AND action = %s AND details->>'key' = %s LIMIT 1""",
+            (event.workflow_id, event.action, key),
+        )
+        if await cur.fetchone() is not None:
+            return False
+        await append_event(conn, event)
+        return True
+
+
 async def verify_chain(conn: AsyncConnection[Any], *, batch_size: int = 2000) -> ChainVerification:
     """Recompute the whole chain and name the first row that breaks it.
 
