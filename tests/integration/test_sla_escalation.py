@@ -239,18 +239,21 @@ def test_reconciler_ends_orphans_and_rearms_moved_due_times(stack: Any, database
 def test_worker_killed_between_send_and_record_delivers_once(stack: Any, databases: Any) -> None:
     world = make_world(databases.app_url, secrets.token_hex(3))
     rid = _triage(stack, databases, world, datetime.now(UTC) + timedelta(hours=30))
-    key = f"sla:request:{rid}/escalate/%/sms"
-    # The first attempt to record this SMS as sent hangs, then fails: the worker dies while
-    # the gateway already has the message and the ledger still says pending.
-    # (A sequence, not a table, counts the attempts: the failed update rolls back everything
-    # else. SECURITY DEFINER: the service role may not use the test's sequence itself.)
+    sms_key = f"sla:request:{rid}/escalate/%/sms"
+    mail_key = f"sla:request:{rid}/escalate/%/mail"
+    # The first attempt to record each notification (SMS and mail) as sent hangs, then fails:
+    # the worker dies while the gateway and the mailbox already have the message and the
+    # ledger still says pending. (Sequences, not a table, count the attempts: the failed update
+    # rolls back everything else. SECURITY DEFINER: the service role may not use them itself.)
     with psycopg.connect(databases.opsflow_admin_url, autocommit=True) as conn:
-        conn.execute(f"CREATE SEQUENCE itest_seq_{world.tag}")
+        for channel in ("sms", "mail"):
+            conn.execute(f"CREATE SEQUENCE itest_seq_{world.tag}_{channel}")
         conn.execute(
             f"""CREATE OR REPLACE FUNCTION itest_hang_{world.tag}() RETURNS trigger AS $$
                 BEGIN
-                  IF NEW.idempotency_key LIKE '{key}' AND NEW.status = 'sent'
-                     AND nextval('itest_seq_{world.tag}') = 1 THEN
+                  IF NEW.idempotency_key LIKE 'sla:request:{rid}/escalate/%'
+                     AND NEW.status = 'sent'
+                     AND nextval(('itest_seq_{world.tag}_' || NEW.channel)::regclass) = 1 THEN
                     PERFORM pg_sleep(6);
                     RAISE EXCEPTION 'itest: worker gone before recording';
                   END IF;
@@ -270,38 +273,34 @@ def test_worker_killed_between_send_and_record_delivers_once(stack: Any, databas
             )
             assert r.status_code == 202, r.text
         wait_for(lambda: _sms_about(stack, rid), what="the SMS at the gateway")
-        # The mail goes out beside the SMS; let its own send-and-record finish first, so the
-        # crash hits the SMS alone (SMTP has no idempotency key the relay would honour).
-        with psycopg.connect(databases.opsflow_admin_url) as conn:
-            wait_for(
-                lambda: conn.execute(
-                    "SELECT 1 FROM notifications WHERE idempotency_key LIKE %s AND status = 'sent'",
-                    (f"sla:request:{rid}/escalate/%/mail",),
-                ).fetchone(),
-                what="the mail recorded as sent",
-            )
+        wait_for(lambda: _mails_about(stack, rid, "ESCALATED"), what="the mail in the mailbox")
         stack.kill_worker()
         stack.restart_worker()
         with psycopg.connect(databases.opsflow_admin_url) as conn:
-            wait_for(
-                lambda: (
-                    conn.execute(
-                        "SELECT status FROM notifications WHERE idempotency_key LIKE %s", (key,)
-                    ).fetchone()
-                    == ("sent",)
-                ),
-                timeout=90,
-                what="the SMS recorded as sent after the retry",
-            )
+            for key in (sms_key, mail_key):
+                wait_for(
+                    lambda key=key: (
+                        conn.execute(
+                            "SELECT status FROM notifications WHERE idempotency_key LIKE %s",
+                            (key,),
+                        ).fetchone()
+                        == ("sent",)
+                    ),
+                    timeout=90,
+                    what=f"{key} recorded as sent after the retry",
+                )
     finally:
         with psycopg.connect(databases.opsflow_admin_url, autocommit=True) as conn:
             conn.execute(f"DROP TRIGGER IF EXISTS itest_hang_{world.tag} ON notifications")
+    # Each was sent again by the retry, and recognised by its key: one SMS (the gateway's
+    # Idempotency-Key), one mail (the mailbox's Message-ID), both recorded sent.
     assert len(_sms_about(stack, rid)) == 1
-    # The retry did send again, and the gateway recognised the key: one SMS, recorded sent.
     log = (stack.logs_dir / "worker.log").read_text(encoding="utf-8", errors="replace")
     assert "sms already delivered by the gateway; recording it" in log
-    mails = wait_for(lambda: _mails_about(stack, rid, "ESCALATED"), what="escalation mail")
-    assert len(mails) == 1
+    assert len(_mails_about(stack, rid, "ESCALATED")) == 1
+    # The mail really was sent a second time, and the mailbox dropped the copy.
+    assert stack.mail_sink is not None
+    assert any(f"<sla.request.{rid}.escalate." in mid for mid in stack.mail_sink.duplicates())
     assert request_row(databases.app_url, rid)["priority"] == "critical"
 
 

@@ -191,6 +191,7 @@ def test_mail_sink_delivers_a_message_id_once_even_across_restart(tmp_path: Path
         _send_with_id(port, "<k1@opsflow>", "first")
         _send_with_id(port, "<k1@opsflow>", "retry after a crash")
         _send_with_id(port, "<k2@opsflow>", "other")
+        assert mail.duplicates() == ["<k1@opsflow>"]
     finally:
         mail.stop()
     again = MailSink(tmp_path / "mail", port)

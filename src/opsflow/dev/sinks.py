@@ -79,7 +79,9 @@ class _MailHandler:
         self._lock = threading.Lock()
         # Mail readers drop a second copy with the same Message-ID; the sink does the same, so
         # a sender's retry after a crash between send and record is delivered once. Seeded
-        # from the folder so a restarted sink still knows what it kept.
+        # from the folder so a restarted sink still knows what it kept. ``duplicates`` lists
+        # the Message-IDs dropped, for tests that prove a retry really re-sent.
+        self.duplicates: list[str] = []
         self._seen: set[str] = {
             mid for path in sorted(folder.glob("*.eml")) if (mid := _message_id(path.read_bytes()))
         }
@@ -104,6 +106,7 @@ class _MailHandler:
         mid = _message_id(bytes(content))
         with self._lock:
             if mid and mid in self._seen:
+                self.duplicates.append(mid)
                 return "250 Message accepted (duplicate Message-ID, already delivered)"
             if mid:
                 self._seen.add(mid)
@@ -162,6 +165,11 @@ class MailSink:
         if self._controller is not None:
             self._controller.stop()
             self._controller = None
+
+    def duplicates(self) -> list[str]:
+        """Return the Message-IDs received again and dropped, oldest first."""
+        with self._handler._lock:
+            return list(self._handler.duplicates)
 
     def fail_next(self, count: int) -> None:
         """Refuse the next ``count`` messages with a temporary (451) failure."""
