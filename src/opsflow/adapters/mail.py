@@ -18,6 +18,7 @@ from email.utils import formatdate
 import structlog
 from psycopg_pool import AsyncConnectionPool
 
+from opsflow.adapters import notifications
 from opsflow.config import Settings
 from opsflow.shared.common import MailMessage
 
@@ -106,47 +107,20 @@ async def deliver_mail(pool: AsyncConnectionPool, mailer: Mailer, msg: MailMessa
     failure after recording it, so the activity retries.
     """
     allowed = [r for r in msg.to if mailer.allowed(r)]
-    async with pool.connection() as conn:
-        row = await (
-            await conn.execute(
-                """INSERT INTO notifications (idempotency_key, channel, recipients, subject, status)
-                   VALUES (%s, 'mail', %s, %s, 'pending')
-                   ON CONFLICT (idempotency_key) DO UPDATE SET attempts = notifications.attempts
-                   RETURNING status""",
-                (msg.idempotency_key, msg.to, msg.subject),
-            )
-        ).fetchone()
-    status = _first(row)
-    if status in ("sent", "suppressed"):
+    status = await notifications.claim(pool, msg.idempotency_key, "mail", msg.to, msg.subject)
+    if status in notifications.DONE:
         return status
     if not allowed:
-        await _set_status(pool, msg.idempotency_key, "suppressed", None)
+        await notifications.set_status(pool, msg.idempotency_key, "suppressed", None)
         log.info("mail suppressed by test mode", key=msg.idempotency_key, recipients=len(msg.to))
         return "suppressed"
     try:
         await mailer.send(msg, allowed)
     except (OSError, smtplib.SMTPException) as exc:
-        await _set_status(pool, msg.idempotency_key, "failed", f"{type(exc).__name__}: {exc}")
+        await notifications.set_status(
+            pool, msg.idempotency_key, "failed", f"{type(exc).__name__}: {exc}"
+        )
         log.warning("mail delivery failed", key=msg.idempotency_key, error=type(exc).__name__)
         raise
-    await _set_status(pool, msg.idempotency_key, "sent", None)
+    await notifications.set_status(pool, msg.idempotency_key, "sent", None)
     return "sent"
-
-
-def _first(row: object) -> str:
-    if isinstance(row, dict):
-        return str(next(iter(row.values())))
-    if isinstance(row, tuple):
-        return str(row[0])
-    return ""
-
-
-async def _set_status(pool: AsyncConnectionPool, key: str, status: str, error: str | None) -> None:
-    async with pool.connection() as conn:
-        await conn.execute(
-            """UPDATE notifications SET status = %s, attempts = attempts + 1,
-                      last_error = COALESCE(%s, last_error),
-                      sent_at = CASE WHEN %s IN ('sent', 'suppressed') THEN now() ELSE sent_at END
-               WHERE idempotency_key = %s""",
-            (status, error, status, key),
-        )

@@ -14,6 +14,7 @@ import httpx
 import structlog
 from psycopg_pool import AsyncConnectionPool
 
+from opsflow.adapters import notifications
 from opsflow.config import Settings
 
 log = structlog.get_logger(__name__)
@@ -77,39 +78,19 @@ async def deliver_sms(
     (``failed``, counted by health-check) and raised, so the activity retries.
 
     """
-    async with pool.connection() as conn:
-        cur = await conn.execute(
-            """INSERT INTO notifications (idempotency_key, channel, recipients, subject, status)
-               VALUES (%s, 'sms', %s, %s, 'pending')
-               ON CONFLICT (idempotency_key) DO UPDATE SET attempts = notifications.attempts
-               RETURNING status""",
-            (key, to, text[:200]),
-        )
-        row = await cur.fetchone()
-    status = str(next(iter(row.values()))) if isinstance(row, dict) else str(row[0] if row else "")
-    if status in ("sent", "suppressed"):
+    status = await notifications.claim(pool, key, "sms", to, text[:200])
+    if status in notifications.DONE:
         return status
     if not to:
-        await _set_status(pool, key, "suppressed", None)
+        await notifications.set_status(pool, key, "suppressed", None)
         return "suppressed"
     try:
         duplicate = await gateway.post(key, to, text)
     except SmsDeliveryError as exc:
-        await _set_status(pool, key, "failed", str(exc))
+        await notifications.set_status(pool, key, "failed", str(exc))
         log.warning("sms delivery failed", key=key, error=str(exc))
         raise
     if duplicate:
         log.info("sms already delivered by the gateway; recording it", key=key)
-    await _set_status(pool, key, "sent", None)
+    await notifications.set_status(pool, key, "sent", None)
     return "sent"
-
-
-async def _set_status(pool: AsyncConnectionPool, key: str, status: str, error: str | None) -> None:
-    async with pool.connection() as conn:
-        await conn.execute(
-            """UPDATE notifications SET status = %s, attempts = attempts + 1,
-                      last_error = COALESCE(%s, last_error),
-                      sent_at = CASE WHEN %s IN ('sent', 'suppressed') THEN now() ELSE sent_at END
-               WHERE idempotency_key = %s""",
-            (status, error, status, key),
-        )
