@@ -71,10 +71,16 @@ class RunbookWorkflow:
         failure: str | None = None,
         figures: dict[str, Any] | None = None,
         tenant: str = ids.SYSTEM_TENANT,
+        local: bool = False,
     ) -> None:
-        """Write this run's row of the ``runs`` read model (idempotent upsert)."""
+        """Write this run's row of the ``runs`` read model (idempotent upsert).
+
+        ``local=True`` runs it as a local activity: no server task of its own, for workflows
+        that start by the thousand (the dev server's SQLite store is the limit).
+        """
         info = workflow.info()
-        await workflow.execute_activity(
+        execute = workflow.execute_local_activity if local else workflow.execute_activity
+        await execute(
             "platform.record_run",
             RunRecord(
                 workflow_id=info.workflow_id,

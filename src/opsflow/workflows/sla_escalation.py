@@ -14,7 +14,6 @@ nothing is lost across continue-as-new.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import asdict
 from datetime import datetime, timedelta
 
 from temporalio import workflow
@@ -22,7 +21,6 @@ from temporalio.common import RetryPolicy, SearchAttributeKey
 
 with workflow.unsafe.imports_passed_through():
     from opsflow.shared import ids
-    from opsflow.shared.common import RunRecord
     from opsflow.shared.sla_escalation import (
         BREACHED,
         ESCALATED,
@@ -51,11 +49,8 @@ with workflow.unsafe.imports_passed_through():
         SupervisorNotice,
     )
     from opsflow.workflows._common import (
-        BOOKKEEPING_RETRY,
-        BOOKKEEPING_TIMEOUT,
         RUNBOOK_KEY,
         RunbookWorkflow,
-        actor,
         set_state,
     )
 
@@ -148,7 +143,7 @@ class SlaEscalation(RunbookWorkflow):
             # Signals received before the previous run continued as new come first.
             self._events = list(inp.carry.pending) + self._events
             self._carry.pending = []
-        await self._record_local("running", inp)
+        await self.record_run("running", inp, local=True)
         self._carry.generation = inp.carry.generation + 1 if inp.carry else 0
 
         facts = await self._sync()
@@ -168,7 +163,7 @@ class SlaEscalation(RunbookWorkflow):
             if self._should_continue_as_new(inp):
                 # Handlers are synchronous; this only makes sure none is mid-flight.
                 await workflow.wait_condition(workflow.all_handlers_finished)
-                await self._record_local("continued_as_new", inp)
+                await self.record_run("continued_as_new", inp, local=True)
                 if not self._events:
                     self._carry.pending = []
                     workflow.continue_as_new(
@@ -333,30 +328,8 @@ class SlaEscalation(RunbookWorkflow):
             )
         )
 
-    async def _record_local(self, status: str, inp: SlaEscalationInput) -> None:
-        """Write the runs row as a local activity.
-
-        Ten thousand requests arm at once: a local activity costs the server no task of its
-        own (the dev server's SQLite store is the limit), and the upsert is idempotent.
-        """
-        info = workflow.info()
-        await workflow.execute_local_activity(
-            "platform.record_run",
-            RunRecord(
-                workflow_id=info.workflow_id,
-                run_id=info.run_id,
-                runbook=self.runbook,
-                actor=actor(),
-                status=status,
-                input=asdict(inp),
-            ),
-            start_to_close_timeout=BOOKKEEPING_TIMEOUT,
-            retry_policy=BOOKKEEPING_RETRY,
-            summary=f"runs: {status}",
-        )
-
     async def _sync(self) -> RequestFacts:
-        # A local activity for the same reason as _record_local: it runs at every state change.
+        # A local activity, like the runs row (record_run(local=True)): runs at each change.
         facts: RequestFacts = await workflow.execute_local_activity(
             "sla.sync",
             SlaSync(
