@@ -188,6 +188,9 @@ def render(report: dict[str, Any], console: Console) -> None:
     table.add_column("baseline", justify="right")
     table.add_column("vs baseline", justify="right")
     api, seed = report.get("api_start"), report.get("seed")
+    if "stack" in report:
+        table.add_row("bench stack", "[red]failed[/]", "", report["stack"]["error"][:40])
+        table.add_section()
     if api is not None:
         if "error" in api:
             table.add_row("API start", "[red]failed[/]", "", api["error"][:40])
@@ -261,16 +264,19 @@ def main(argv: list[str] | None = None) -> int:
             report["seed"] = {"error": f"{type(exc).__name__}: {exc}"}
             status = 1
 
-    if not args.skip_api:
+    needs_stack = not (args.skip_api and args.skip_audit_export and args.skip_sla)
+    if needs_stack:
         console.print("bench: starting a private stack (free ports, fresh databases) ...")
         try:
             with bench_api_start.bench_stack(keep_state=args.keep_state) as stack:
-                console.print(
-                    f"bench: {args.warmup} warm-up + {args.starts} starts per side, alternating"
-                )
-                report["api_start"] = bench_api_start.run(
-                    stack, starts=args.starts, warmup=args.warmup
-                ).as_dict()
+                if not args.skip_api:
+                    console.print(
+                        f"bench: {args.warmup} warm-up + {args.starts} starts per side, "
+                        "alternating"
+                    )
+                    report["api_start"] = bench_api_start.run(
+                        stack, starts=args.starts, warmup=args.warmup
+                    ).as_dict()
                 if not args.skip_audit_export:
                     sizes = [int(x) for x in args.audit_export_sizes.split(",")]
                     console.print(f"bench: audit export, opsflow vs plain pipeline, {sizes}")
@@ -301,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
                     seed_part(stack.database.server_admin_url)
         except Exception as exc:
             traceback.print_exc()
-            report.setdefault("api_start", {"error": f"{type(exc).__name__}: {exc}"})
+            report.setdefault("stack", {"error": f"{type(exc).__name__}: {exc}"})
             status = 1
     elif not args.skip_seed:
         seed_part(None)

@@ -128,6 +128,9 @@ class Settings(BaseSettings):
     audit_export_keys_file: str | None = None
     audit_export_key_id: str | None = None
     compliance_emails: list[str] = Field(default_factory=lambda: ["compliance@example.com"])
+    # Models streamed at once, each on its own connection to the one exported snapshot (1: one
+    # after the other through a single connection). See runbooks/audit-export-nightly.md.
+    audit_export_parallel: int = Field(default=2, ge=1, le=8)
     log_level: str = "INFO"
 
     @property

@@ -429,6 +429,7 @@ def build_audit_export_activities(
         compliance=list(settings.compliance_emails),
         time_zone=settings.schedule_timezone,
         client=client,
+        parallel=settings.audit_export_parallel,
     )
     return [
         acts.plan,

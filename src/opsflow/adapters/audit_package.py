@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import queue
+import select
 import tempfile
 import threading
 import zipfile
@@ -28,6 +29,7 @@ from typing import IO, TYPE_CHECKING, Any, BinaryIO
 import psycopg
 import psycopg.sql
 from botocore.exceptions import ClientError
+from psycopg import pq
 
 from opsflow.adapters import zipstream
 from opsflow.adapters.crypto import (
@@ -146,8 +148,12 @@ class MultipartSink:
         self.size += len(data)
         self._buf += data
         while len(self._buf) >= self.part_size:
-            self._upload(bytes(self._buf[: self.part_size]))
+            # One copy of the part (a slice of the bytearray would be a second one).
+            with memoryview(self._buf) as view:
+                body = bytes(view[: self.part_size])
             del self._buf[: self.part_size]
+            self._upload(body)
+            del body
 
     def _upload(self, body: bytes) -> None:
         number = len(self._parts) + 1
@@ -359,8 +365,105 @@ class _Deflated:
     sha256: str
 
 
-_END = b""
-SPOOL_MAX_MEMORY = 8 * 1024 * 1024
+# The other models' compressed output waits in memory up to this much, then on disk.
+SPOOL_MAX_MEMORY = 2 * 1024 * 1024
+# Rows gathered before hashing and deflating (CSV rows of 60-200 bytes: blocks of ~0.1-0.4 MiB).
+COPY_BLOCK_ROWS = 2048
+
+
+@dataclass
+class _Tally:
+    """Rows of one COPY: from its command tag once it has ended."""
+
+    rows: int = 0
+
+
+def _copy_blocks(
+    cur: psycopg.Cursor[Any], model: ModelSql, counters: Counters, tally: _Tally
+) -> Iterator[bytes]:
+    """Stream the model's CSV (header first) as blocks of ``COPY_BLOCK_ROWS`` rows.
+
+    libpq hands COPY data over one row (one ``CopyData`` message) at a time. psycopg's
+    ``Copy`` iterator spends a few microseconds of Python per row on its wait machinery;
+    at millions of rows that, not deflate, bounded the export and held the GIL the other
+    model's thread needed. So the rows are read here with psycopg's low-level libpq
+    wrapper (:mod:`psycopg.pq`, ``get_copy_data`` in non-blocking mode, waiting on the
+    socket only when libpq's buffer is empty) and gathered into blocks before any hashing
+    or deflating. Progress counts messages (rows plus the header); ``tally.rows`` gets the
+    exact number of rows from the command tag when the COPY has ended.
+
+    Raises:
+        psycopg.Error: the server reported an error (the connection is closed: it is in the
+            middle of a COPY and cannot be reused).
+        PackageError: the export was cancelled.
+
+    """
+    conn = cur.connection
+    pg = conn.pgconn
+    with counters.lock:
+        counters.model = model.name
+    # Model SQL comes from the shipped dbt project, compiled by dbt: it is trusted code.
+    copy_sql = f"COPY ({model.sql}\n) TO STDOUT WITH (FORMAT csv, HEADER true)"
+    ok = False
+    try:
+        pg.send_query(copy_sql.encode())
+        while pg.is_busy():
+            _wait_readable(pg)
+        res = pg.get_result()
+        if res is None or res.status != pq.ExecStatus.COPY_OUT:
+            raise _result_error(pg, res)
+        parts: list[Any] = []
+        append, get, rows = parts.append, pg.get_copy_data, range(COPY_BLOCK_ROWS)
+        ended = False
+        while not ended:
+            # The hot loop: one libpq call and one append per row, nothing else.
+            for _ in rows:
+                nbytes, data = get(1)
+                if nbytes > 0:
+                    append(data)
+                elif nbytes == 0:  # nothing buffered: wait for the socket
+                    _wait_readable(pg)
+                else:  # -1: the COPY ended (-2, an error, is reported by the result)
+                    ended = True
+                    break
+            if parts and not ended:
+                if counters.cancelled.is_set():
+                    raise PackageError("export cancelled")
+                with counters.lock:
+                    counters.rows += len(parts)
+                yield b"".join(parts)
+                parts.clear()
+        if parts:
+            with counters.lock:
+                counters.rows += len(parts)
+            yield b"".join(parts)
+        res = pg.get_result()
+        while pg.is_busy():
+            _wait_readable(pg)
+        if res is None or res.status != pq.ExecStatus.COMMAND_OK:
+            raise _result_error(pg, res)
+        tally.rows = max(res.command_tuples or 0, 0)
+        while pg.get_result() is not None:  # the end of the command's results
+            pass
+        ok = True
+    finally:
+        if not ok:
+            # Stopped mid-COPY (error, cancel, consumer failure): the connection cannot run
+            # another statement; closing it ends the snapshot transaction on the server.
+            conn.close()
+
+
+def _wait_readable(pg: pq.abc.PGconn) -> None:
+    select.select([pg.socket], [], [], 1.0)
+    pg.consume_input()
+
+
+def _result_error(pg: pq.abc.PGconn, res: pq.abc.PGresult | None) -> psycopg.Error:
+    if res is not None and res.error_message:
+        message = res.error_message
+    else:
+        message = pg.error_message
+    return psycopg.OperationalError(message.decode("utf-8", "replace").strip() or "COPY failed")
 
 
 def _deflate_model(
@@ -374,25 +477,19 @@ def _deflate_model(
     sha = hashlib.sha256()
     crc = 0
     size = compressed = 0
-    copy_sql = f"COPY ({model.sql}\n) TO STDOUT WITH (FORMAT csv, HEADER true)"
-    with cur.copy(copy_sql) as copy:
-        for data in copy:
-            if counters.cancelled.is_set():
-                raise PackageError("export cancelled")
-            chunk = bytes(data)
-            sha.update(chunk)
-            crc = zlib.crc32(chunk, crc)
-            size += len(chunk)
-            out = comp.compress(chunk)
-            if out:
-                compressed += len(out)
-                emit(out)
-            with counters.lock:
-                counters.rows += chunk.count(b"\n")
+    tally = _Tally()
+    for block in _copy_blocks(cur, model, counters, tally):
+        sha.update(block)
+        crc = zlib.crc32(block, crc)
+        size += len(block)
+        out = comp.compress(block)
+        if out:
+            compressed += len(out)
+            emit(out)
     tail = comp.flush()
     compressed += len(tail)
     emit(tail)
-    return _Deflated(max(cur.rowcount, 0), size, compressed, crc, sha.hexdigest())
+    return _Deflated(tally.rows, size, compressed, crc, sha.hexdigest())
 
 
 def _write_parallel(
@@ -410,7 +507,7 @@ def _write_parallel(
     """Deflate every model in its own thread from one shared snapshot; frame them in order.
 
     The first model streams through a small queue straight into the zip; the others deflate
-    at the same time into spooled temporary files (memory up to 8 MiB each, then disk) and
+    at the same time into spooled temporary files (memory up to 2 MiB each, then disk) and
     are copied in after it, so memory stays bounded whatever the table sizes.
     """
     snap = conn.execute("SELECT pg_export_snapshot()").fetchone()
@@ -507,21 +604,13 @@ def _write_entry(
     info.compress_type = zipfile.ZIP_DEFLATED
     sha = hashlib.sha256()
     size = 0
-    with counters.lock:
-        counters.model = model.name
+    tally = _Tally()
     with zf.open(info, mode="w", force_zip64=True) as out:
-        # Model SQL comes from the shipped dbt project, compiled by dbt: it is trusted code.
-        copy_sql = f"COPY ({model.sql}\n) TO STDOUT WITH (FORMAT csv, HEADER true)"
-        with cur.copy(copy_sql) as copy:
-            for data in copy:
-                chunk = bytes(data)
-                out.write(chunk)
-                sha.update(chunk)
-                size += len(chunk)
-                with counters.lock:
-                    # Approximate while streaming; the exact count comes from COPY's tag.
-                    counters.rows += chunk.count(b"\n")
-        rows = max(cur.rowcount, 0)
+        for block in _copy_blocks(cur, model, counters, tally):
+            out.write(block)
+            sha.update(block)
+            size += len(block)
+        rows = tally.rows
     return Entry(name=name, model=model.name, rows=rows, bytes=size, sha256=sha.hexdigest())
 
 

@@ -3,13 +3,21 @@
 dbt-core 1.10 with dbt-postgres runs in-process through ``dbtRunner``. The profile reads the
 connection from environment variables that this module sets for the invocation only (from
 ``TARGET_DATABASE_URL``), so the password is never written to disk. Build output and logs go
-to a temporary folder, so the installed package directory can stay read-only. Nothing is
-downloaded: anonymous usage statistics are off and the project has no ``dbt deps`` packages.
+to a private temporary folder per project and process (removed at exit), so the installed
+package directory can stay read-only. Nothing is downloaded: anonymous usage statistics are
+off and the project has no ``dbt deps`` packages.
+
+Speed: importing dbt and parsing the project cost about two seconds, more than the data tests
+themselves. The worker therefore warms dbt up when it starts (:func:`warm_up_in_background`),
+and invocations keep dbt's partial-parse state in that private folder: a project file that
+changes (a model's SQL edited by compliance staff) is parsed again, an unchanged one is not.
 """
 
 from __future__ import annotations
 
+import atexit
 import hashlib
+import logging
 import os
 import shutil
 import subprocess
@@ -26,6 +34,12 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent / "dbt"
 
 # dbt keeps process-wide state (adapters, flags, event manager): one invocation at a time.
 _LOCK = threading.Lock()
+# One private work folder (target/ with the partial-parse state, logs/) per project directory.
+_WORK_DIRS: dict[Path, Path] = {}
+# Compiled model SQL by (project, its content, models, target): see compile_models.
+_COMPILED: dict[tuple[object, ...], dict[str, str]] = {}
+
+log = logging.getLogger("opsflow.dbt")
 
 
 class DbtError(Exception):
@@ -58,18 +72,22 @@ def dbt_version() -> str:
     return str(__version__)
 
 
+def _content_digest(project_dir: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(project_dir.rglob("*")):
+        if path.is_file() and path.suffix in {".sql", ".yml", ".yaml"}:
+            digest.update(str(path.relative_to(project_dir)).encode() + b"\0")
+            digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
 def models_revision(project_dir: Path = PROJECT_DIR) -> str:
     """Revision of the models: ``git:<sha>`` plus a content hash of the project files.
 
     The content hash is always present (an installed package has no git checkout); the git
     revision is added when the project lives in a work tree.
     """
-    digest = hashlib.sha256()
-    for path in sorted(project_dir.rglob("*")):
-        if path.is_file() and path.suffix in {".sql", ".yml", ".yaml"}:
-            digest.update(str(path.relative_to(project_dir)).encode() + b"\0")
-            digest.update(path.read_bytes() + b"\0")
-    content = f"sha256:{digest.hexdigest()[:16]}"
+    content = f"sha256:{_content_digest(project_dir)[:16]}"
     git = shutil.which("git")
     if git is None:
         return content
@@ -100,10 +118,22 @@ def _profile_env(target_url: str) -> dict[str, str]:
     }
 
 
+def _work_dir(project_dir: Path) -> Path:
+    """Return this process's private work folder for ``project_dir`` (caller holds _LOCK)."""
+    key = project_dir.resolve()
+    work = _WORK_DIRS.get(key)
+    if work is None or not work.is_dir():
+        work = Path(tempfile.mkdtemp(prefix="opsflow-dbt-"))
+        atexit.register(shutil.rmtree, work, True)
+        _WORK_DIRS[key] = work
+    return work
+
+
 @contextmanager
 def _session(target_url: str, project_dir: Path) -> Iterator[list[str]]:
     env = _profile_env(target_url)
-    with _LOCK, tempfile.TemporaryDirectory(prefix="opsflow-dbt-") as tmp:
+    with _LOCK:
+        tmp = _work_dir(project_dir)
         saved = {k: os.environ.get(k) for k in env}
         os.environ.update(env)
         try:
@@ -116,10 +146,14 @@ def _session(target_url: str, project_dir: Path) -> Iterator[list[str]]:
                 str(Path(tmp) / "target"),
                 "--log-path",
                 str(Path(tmp) / "logs"),
-                "--no-partial-parse",
+                # dbt re-parses every file whose checksum, and everything when the profile
+                # or the dbt version, changed since the state in target/ was written.
+                "--partial-parse",
                 "--no-use-colors",
                 "--quiet",
                 "--log-level",
+                "none",
+                "--log-level-file",
                 "none",
             ]
         finally:
@@ -137,6 +171,32 @@ def _invoke(args: list[str]) -> Any:
     if res.exception is not None:
         raise DbtError(f"dbt {args[0]} failed: {type(res.exception).__name__}: {res.exception}")
     return res
+
+
+def warm_up(target_url: str, project_dir: Path = PROJECT_DIR) -> None:
+    """Import dbt and parse the project once, so the first export does not wait for either.
+
+    Raises:
+        DbtError: the project does not parse (the export would fail the same way).
+
+    """
+    with _session(target_url, project_dir) as common:
+        _invoke(["parse", *common])
+
+
+def warm_up_in_background(target_url: str, project_dir: Path = PROJECT_DIR) -> threading.Thread:
+    """Run :func:`warm_up` in a daemon thread; a failure is logged, never raised."""
+
+    def _run() -> None:
+        try:
+            warm_up(target_url, project_dir)
+            log.info("dbt ready (project parsed)")
+        except Exception as exc:  # the export itself reports (and retries) any real problem
+            log.warning("dbt warm-up failed: %s", exc)
+
+    thread = threading.Thread(target=_run, name="dbt-warm-up", daemon=True)
+    thread.start()
+    return thread
 
 
 def run_tests(target_url: str, project_dir: Path = PROJECT_DIR) -> DbtTestReport:
@@ -177,6 +237,22 @@ def compile_models(
         DbtError: dbt failed or a model is missing.
 
     """
+    env = _profile_env(target_url)
+    # Compiled SQL is a function of the project files and the target (relation names carry
+    # the database and schema), never of the data: an unchanged project is compiled once.
+    key = (
+        str(project_dir.resolve()),
+        _content_digest(project_dir),
+        models,
+        env["OPSFLOW_DBT_HOST"],
+        env["OPSFLOW_DBT_PORT"],
+        env["OPSFLOW_DBT_USER"],
+        env["OPSFLOW_DBT_DBNAME"],
+        os.environ.get("OPSFLOW_DBT_SOURCE_SCHEMA", ""),
+    )
+    cached = _COMPILED.get(key)
+    if cached is not None:
+        return dict(cached)
     with _session(target_url, project_dir) as common:
         res = _invoke(["compile", *common, "--select", " ".join(models)])
     compiled: dict[str, str] = {}
@@ -187,4 +263,5 @@ def compile_models(
     missing = [m for m in models if m not in compiled]
     if missing:
         raise DbtError(f"dbt project has no model(s) {missing}")
+    _COMPILED[key] = dict(compiled)
     return compiled
