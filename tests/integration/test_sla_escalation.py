@@ -235,6 +235,26 @@ def test_reconciler_ends_orphans_and_rearms_moved_due_times(stack: Any, database
     assert row[0] == "watch"
     assert _watch_row(databases, resolved_outside)[0] == "resolved"  # type: ignore[index]
 
+    # The escalate route signals without describing first; a run that ended answers 409 and
+    # a request that never had one 404 - and neither is audited as a signal.
+    sup = _auth(stack, "supervisor")
+    never = make_request(databases.app_url, world, due=now + timedelta(hours=40))
+    with httpx.Client(base_url=stack.api_url, timeout=30) as api:
+        ended = api.post(
+            f"/sla/requests/{resolved_outside}/escalate", headers=sup, json={"reason": "late"}
+        )
+        assert ended.status_code == 409, ended.text
+        assert "COMPLETED" in ended.json()["detail"]
+        missing = api.post(f"/sla/requests/{never}/escalate", headers=sup, json={"reason": "urgent"})
+        assert missing.status_code == 404, missing.text
+    with psycopg.connect(databases.opsflow_admin_url) as conn:
+        signals = conn.execute(
+            """SELECT count(*) FROM audit_events
+               WHERE action = 'run.signal' AND workflow_id = ANY(%s)""",
+            ([f"sla:request:{resolved_outside}", f"sla:request:{never}"],),
+        ).fetchone()
+    assert signals == (0,)
+
 
 def test_worker_killed_between_send_and_record_delivers_once(stack: Any, databases: Any) -> None:
     world = make_world(databases.app_url, secrets.token_hex(3))

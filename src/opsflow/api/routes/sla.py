@@ -17,7 +17,7 @@ from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
-from opsflow.api.actions import CtxDep, send_signal
+from opsflow.api.actions import CtxDep, signal_runbook_run
 from opsflow.api.auth import CallerDep, require_role
 from opsflow.api.deps import OPSFLOW_DB, CatalogDep, MetricsDep, ServicesDep
 from opsflow.api.errors import ServiceUnavailable
@@ -25,6 +25,7 @@ from opsflow.api.routes import AUTH_ERRORS, BODY_ERRORS, NOT_FOUND
 from opsflow.shared import ids
 from opsflow.shared.roles import Role, roles
 from opsflow.shared.sla_escalation import BREACHED, WATCH_HOURS
+from opsflow.shared.sla_escalation import WORKFLOW_TYPE as SLA_RUNBOOK
 
 router = APIRouter(tags=["sla"])
 
@@ -132,7 +133,9 @@ class NoteIn(BaseModel):
 
 
 async def _signal(ctx: Any, catalog: Any, request_id: int, name: str, body: bytes) -> Response:
-    await send_signal(ctx, catalog, ids.sla_workflow_id(request_id), name, body)
+    # sla:request:<id> is always an sla-escalation run: no describe before the signal.
+    spec = catalog[SLA_RUNBOOK]
+    await signal_runbook_run(ctx, spec, ids.sla_workflow_id(request_id), name, body)
     return Response(status_code=202)
 
 
