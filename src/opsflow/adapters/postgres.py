@@ -5,6 +5,8 @@ Only ``worker/`` and ``api/`` build pools; everything else receives one.
 
 from __future__ import annotations
 
+import time
+import weakref
 from typing import Any
 
 import psycopg
@@ -30,6 +32,31 @@ def libpq_url(url: str) -> str:
     return url
 
 
+#: A connection back in the pool for less than this is handed out without a round trip.
+CHECK_AFTER_IDLE_SECONDS = 1.0
+_RETURNED_AT: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
+
+
+async def _returned(conn: psycopg.AsyncConnection[Any]) -> None:
+    # The pool's ``reset`` hook: the connection is back, idle and healthy.
+    _RETURNED_AT[conn] = time.monotonic()
+
+
+async def _check_if_idle(conn: psycopg.AsyncConnection[Any]) -> None:
+    """Check a connection at checkout unless it was in use a moment ago.
+
+    A server restart breaks connections while they sit in the pool; checking every checkout
+    finds them but costs a round trip per query on the hot paths (an API call, every
+    activity). A connection returned less than ``CHECK_AFTER_IDLE_SECONDS`` ago was healthy
+    then; one idle for longer - as every connection is after a restart - is checked, and a
+    broken one replaced, as before.
+    """
+    last = _RETURNED_AT.get(conn)
+    if last is not None and time.monotonic() - last < CHECK_AFTER_IDLE_SECONDS:
+        return
+    await AsyncConnectionPool.check_connection(conn)
+
+
 async def open_pool(
     url: str,
     *,
@@ -42,7 +69,8 @@ async def open_pool(
 
     Connections carry ``application_name=opsflow-<name>`` (visible in ``pg_stat_activity``)
     and return rows as dicts. A connection that broke while idle (server restart) is replaced
-    at checkout instead of failing the caller.
+    at checkout instead of failing the caller (connections idle for a second or more are
+    checked, see :func:`_check_if_idle`).
 
     Args:
         url: libpq URL of the database.
@@ -69,7 +97,8 @@ async def open_pool(
         kwargs=kwargs,
         open=False,
         timeout=timeout,
-        check=AsyncConnectionPool.check_connection,
+        check=_check_if_idle,
+        reset=_returned,
         connection_class=psycopg.AsyncConnection[DictRow],
     )
     try:
