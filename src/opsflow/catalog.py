@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from opsflow.shared import audit_export_nightly as audit_export
 from opsflow.shared import ids
@@ -29,12 +29,15 @@ from opsflow.shared.sla_escalation import (
     SlaEscalationResult,
 )
 from opsflow.shared.triage_assignment import TriageAssignmentInput, TriageAssignmentResult
-from opsflow.workflows.audit_export_nightly import AuditExportNightly
+from opsflow.workflows.audit_export_nightly import AuditExportNightly, AuditExportScheduled
 from opsflow.workflows.dev_role_elevation import DevRoleElevation
 from opsflow.workflows.health_check import HealthCheck
 from opsflow.workflows.sla_escalation import SlaEscalation
 from opsflow.workflows.sla_reconciler import SlaReconciler
 from opsflow.workflows.triage_assignment import TriageAssignment
+
+if TYPE_CHECKING:
+    from opsflow.config import Settings
 
 Trigger = Literal["api", "schedule", "event"]
 
@@ -54,7 +57,12 @@ class ActionSpec:
 
 @dataclass(frozen=True)
 class ScheduleSpec:
-    """A Temporal Schedule that starts the runbook unattended (overlap skip, catch-up)."""
+    """A Temporal Schedule that starts the runbook unattended (overlap skip, catch-up).
+
+    A schedule names its runs ``<id>-<scheduled time>``. A runbook whose runs must carry their
+    business-key id sets ``workflow`` to a starter workflow that starts the run under that id;
+    ``settings_input`` builds the starter's input from the settings (e.g. the time zone).
+    """
 
     id: str
     cron: str | None = None
@@ -62,6 +70,8 @@ class ScheduleSpec:
     catchup_window: timedelta = timedelta(hours=1)
     description: str = ""
     make_input: Callable[[], Any] | None = None
+    workflow: type[Any] | None = None
+    settings_input: Callable[[Settings], Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -88,6 +98,10 @@ class RunbookSpec:
     summary: Callable[[Any], str] = field(default=lambda inp: repr(inp))
     schedule: ScheduleSpec | None = None
     execution_timeout: timedelta | None = None
+    # Checks of a start's input that need the server's settings or clock (e.g. "not in the
+    # future in the configured zone"); a ValueError is the caller's 422. Payload classes keep
+    # only checks that hold wherever and whenever the payload is decoded.
+    validate: Callable[[Any], None] | None = None
     # Short runbooks that validate their input in their first step: the API waits this long
     # for the outcome and answers a business refusal (opsflow.shared.errors) with its 4xx.
     await_result: timedelta | None = None
@@ -98,6 +112,12 @@ def _health_check_id(_inp: HealthCheckInput) -> str:
     from datetime import UTC, datetime
 
     return ids.health_check_workflow_id(datetime.now(UTC).strftime("manual-%Y-%m-%dT%H:%MZ"))
+
+
+def _audit_export_validate(inp: audit_export.AuditExportInput) -> None:
+    from opsflow.config import get_settings
+
+    audit_export.refuse_future(inp.date, get_settings().schedule_timezone)
 
 
 def _audit_export_id(inp: audit_export.AuditExportInput) -> str:
@@ -293,6 +313,7 @@ RUNBOOKS: dict[str, RunbookSpec] = {
             input=audit_export.AuditExportInput,
             output=audit_export.AuditExportResult,
             workflow_id=_audit_export_id,
+            validate=_audit_export_validate,
             start=roles(Role.OPERATOR, Role.AUDITOR, Role.ADMIN, Role.SUPERADMIN),
             queries={
                 "progress": ActionSpec(
@@ -309,15 +330,25 @@ RUNBOOKS: dict[str, RunbookSpec] = {
                 cron="0 2 * * *",
                 # A night missed while the cluster was down still runs once when it is back.
                 catchup_window=timedelta(hours=20),
-                description="Every day at 02:00 in SCHEDULE_TIMEZONE (seed 000).",
-                make_input=audit_export.AuditExportInput,
+                description=(
+                    "Every day at 02:00 in SCHEDULE_TIMEZONE (seed 000), through "
+                    "audit-export-scheduled: the run of the night is audit-export:YYYY-MM-DD."
+                ),
+                workflow=AuditExportScheduled,
+                settings_input=lambda s: audit_export.AuditExportScheduledInput(
+                    time_zone=s.schedule_timezone
+                ),
             ),
-            execution_timeout=timedelta(hours=12),
+            execution_timeout=audit_export.EXECUTION_TIMEOUT,
         ),
     )
 }
 
-ALL_WORKFLOWS: list[type[Any]] = [spec.workflow for spec in RUNBOOKS.values()]
+ALL_WORKFLOWS: list[type[Any]] = [spec.workflow for spec in RUNBOOKS.values()] + [
+    spec.schedule.workflow
+    for spec in RUNBOOKS.values()
+    if spec.schedule is not None and spec.schedule.workflow is not None
+]
 
 
 def get_runbook(name: str) -> RunbookSpec | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import hashlib
 import io
@@ -228,7 +229,7 @@ def test_export_decrypts_to_the_snapshot_and_reruns_are_noops(stack: Any, databa
         assert manifest["dbt_version"].startswith("1.10.")
         assert manifest["models_revision"]
         with psycopg.connect(databases.opsflow_admin_url) as conn:
-            row = conn.execute(
+            db_row = conn.execute(
                 """SELECT status, ciphertext_sha256, ciphertext_bytes, plaintext_sha256, key_id,
                           row_counts, snapshot_at FROM export_runs
                    WHERE export_date = %s AND version = 1""",
@@ -239,12 +240,12 @@ def test_export_decrypts_to_the_snapshot_and_reruns_are_noops(stack: Any, databa
                    WHERE action = 'export' AND workflow_id = %s""",
                 (wid,),
             ).fetchall()
-        assert row is not None
-        assert row[0] == "succeeded"
-        assert row[1] == hashlib.sha256(blob).hexdigest() and row[2] == len(blob)
-        assert row[3] == hashlib.sha256(plain).hexdigest()
-        assert row[4] == _keyring(stack).active and row[5] == counts
-        assert row[6] == datetime.fromisoformat(manifest["snapshot_at"])
+        assert db_row is not None
+        assert db_row[0] == "succeeded"
+        assert db_row[1] == hashlib.sha256(blob).hexdigest() and db_row[2] == len(blob)
+        assert db_row[3] == hashlib.sha256(plain).hexdigest()
+        assert db_row[4] == _keyring(stack).active and db_row[5] == counts
+        assert db_row[6] == datetime.fromisoformat(manifest["snapshot_at"])
         assert (
             len(audits) == 1 and audits[0][0].startswith("token:aud-") and audits[0][1] == "success"
         )
@@ -260,7 +261,7 @@ def test_export_decrypts_to_the_snapshot_and_reruns_are_noops(stack: Any, databa
         link = url.group(0)
         q = parse_qs(urlsplit(link).query)
         assert q["X-Amz-Expires"] == ["604800"] and q["X-Amz-Algorithm"] == ["AWS4-HMAC-SHA256"]
-        assert row[1] in text and str(counts["audit_case_snapshot"]) in text
+        assert db_row[1] in text and str(counts["audit_case_snapshot"]) in text
         got = httpx.get(link, timeout=30)
         assert got.status_code == 200 and got.content == blob
         # Any change to a signed part of the link is refused: longer life, other object.
@@ -343,6 +344,7 @@ def test_refusals_are_clear_4xx_and_start_nothing(stack: Any) -> None:
             r = api.post(RUNBOOK, headers=operator, json={"date": bad})
             assert r.status_code == 422, r.text
             assert needle in r.text
+        assert api.get(f"/runs/audit-export:{tomorrow}", headers=operator).status_code == 404
         listing = api.get("/runbooks", headers=operator).json()
         spec = next(s for s in listing if s["name"] == "audit-export-nightly")
         assert spec["schedule"]["cron"] == "0 2 * * *"
@@ -394,7 +396,7 @@ async def test_schedule_fires_at_two_local_across_dst(stack: Any, temporal_clien
     zone = "Europe/Berlin"
     schedule = build_schedule(spec, stack.settings.model_copy(update={"schedule_timezone": zone}))
     assert schedule.policy.overlap.name == "SKIP"
-    assert schedule.policy.catchup_window >= timedelta(hours=12)
+    assert (schedule.policy.catchup_window or timedelta(0)) >= timedelta(hours=12)
     sid = f"audit-export-dst-{secrets.token_hex(3)}"
     results: dict[str, list[datetime]] = {}
     for season, start in (
@@ -426,6 +428,143 @@ async def test_schedule_fires_at_two_local_across_dst(stack: Any, temporal_clien
     # which runbooks/audit-export-nightly.md tells operators to backfill by hand.
     assert datetime(2027, 3, 28).date() not in [t.date() for t in spring]
     assert datetime(2027, 3, 29).date() in [t.date() for t in spring]
+
+
+async def test_triggered_schedule_runs_the_night_as_audit_export_date(
+    stack: Any, databases: Any, temporal_client: Any
+) -> None:
+    # The stack syncs no schedules: create the catalog's schedule under its real id, fire it
+    # now, and follow what it starts.
+    from temporalio.client import ScheduleActionStartWorkflow, WorkflowExecutionStatus
+
+    from opsflow.catalog import get_runbook
+    from opsflow.worker.schedules import build_schedule
+
+    spec = get_runbook(ae.RUNBOOK)
+    assert spec is not None and spec.schedule is not None
+    zone = stack.settings.schedule_timezone
+    actor = f"system:{ae.SCHEDULE_ID}"
+    handle = await temporal_client.create_schedule(
+        ae.SCHEDULE_ID, build_schedule(spec, stack.settings)
+    )
+    try:
+        desc = await handle.describe()
+        action = desc.schedule.action
+        assert isinstance(action, ScheduleActionStartWorkflow)
+        assert action.workflow == ae.SCHEDULED_WORKFLOW == "audit-export-scheduled"
+        assert desc.schedule.policy.overlap.name == "SKIP"
+        assert desc.schedule.policy.catchup_window == timedelta(hours=20)
+        assert desc.schedule.spec.time_zone_name == zone
+
+        await handle.trigger()
+        deadline = time.monotonic() + 30
+        while not (await handle.describe()).info.recent_actions:
+            assert time.monotonic() < deadline, "the triggered schedule started nothing"
+            await asyncio.sleep(0.2)
+        fired = (await handle.describe()).info.recent_actions[0]
+        starter_id = fired.action.workflow_id
+        assert starter_id.startswith(f"{ae.SCHEDULE_ID}-")
+        # The night is the date of the time it was due, in the schedule's zone.
+        night = ae.today_in(zone, fired.scheduled_at)
+        wid = ae.workflow_id(night)
+
+        starter = temporal_client.get_workflow_handle(
+            starter_id, result_type=ae.AuditExportScheduledResult
+        )
+        result = await asyncio.wait_for(starter.result(), 180)
+        assert result.export_date == night and result.workflow_id == wid
+        assert result.started and result.status in {"exported", "noop"}, result
+
+        child = await temporal_client.get_workflow_handle(wid).describe()
+        assert child.workflow_type == "audit-export-nightly"
+        assert child.status == WorkflowExecutionStatus.COMPLETED
+        assert child.parent_id == starter_id
+        assert (await child.memo()) == {"actor": actor, "runbook": ae.RUNBOOK}
+        attrs = {k.name: v for k, v in child.typed_search_attributes}
+        assert attrs["OpsActor"] == actor and attrs["OpsRunbook"] == ae.RUNBOOK
+        assert attrs["OpsTenant"] == "-"
+        assert attrs["OpsState"] in {"exported", "noop"}
+        starter_desc = await starter.describe()
+        assert starter_desc.workflow_type == "audit-export-scheduled"
+        with psycopg.connect(databases.opsflow_admin_url) as conn:
+            runs = conn.execute(
+                "SELECT workflow_id, actor, status FROM runs WHERE workflow_id IN (%s, %s)",
+                (wid, starter_id),
+            ).fetchall()
+        # The export keeps its own runs row; the starter has none.
+        assert (wid, actor, "completed") in runs
+        assert all(r[0] == wid for r in runs)
+    finally:
+        await handle.delete()
+
+
+async def test_scheduled_export_outlives_its_terminated_starter(temporal_client: Any) -> None:
+    # Parent close policies need the real server (the time-skipping one ignores them): a
+    # worker of our own, on its own task queue, with the export's activities faked and its
+    # plan step held, so the export is surely running when the starter is terminated.
+    import uuid
+
+    from temporalio import activity
+    from temporalio.client import WorkflowExecutionStatus
+    from temporalio.common import SearchAttributePair, TypedSearchAttributes
+    from temporalio.service import RPCError
+    from temporalio.worker import Worker
+
+    from opsflow.workflows.audit_export_nightly import (
+        SCHEDULED_START,
+        AuditExportNightly,
+        AuditExportScheduled,
+    )
+    from tests.unit.test_audit_export_nightly import FakeExport
+
+    fake = FakeExport()
+    acts: list[Any] = fake.activities()
+    real_plan = acts[0]
+    gate, planning = asyncio.Event(), asyncio.Event()
+
+    @activity.defn(name="audit_export.plan")
+    async def gated_plan(req: ae.PlanRequest) -> ae.Plan:
+        planning.set()
+        await gate.wait()
+        plan: ae.Plan = await real_plan(req)
+        return plan
+
+    acts[0] = gated_plan
+    tq = f"ae-starter-{uuid.uuid4()}"
+    # A date of its own per run, far from the dates the stack's own runs export.
+    day = f"2001-01-{secrets.randbelow(28) + 1:02d}"
+    wid = ae.workflow_id(day)
+    async with Worker(
+        temporal_client,
+        task_queue=tq,
+        workflows=[AuditExportNightly, AuditExportScheduled],
+        activities=acts,
+    ):
+        old = temporal_client.get_workflow_handle(wid)
+        try:
+            if (await old.describe()).status == WorkflowExecutionStatus.RUNNING:
+                await old.terminate("earlier test run")
+        except RPCError:  # no earlier run of that date
+            pass
+        starter = await temporal_client.start_workflow(
+            AuditExportScheduled.run,
+            ae.AuditExportScheduledInput(time_zone="UTC"),
+            id=f"{ae.SCHEDULE_ID}-test-{uuid.uuid4()}",
+            task_queue=tq,
+            memo={"actor": f"system:{ae.SCHEDULE_ID}"},
+            search_attributes=TypedSearchAttributes(
+                [SearchAttributePair(SCHEDULED_START, datetime.fromisoformat(f"{day}T02:00Z"))]
+            ),
+        )
+        await asyncio.wait_for(planning.wait(), 30)
+        await starter.terminate("operator ended the starter")
+        await asyncio.sleep(1)  # the server applies the parent close policy asynchronously
+        child = temporal_client.get_workflow_handle(wid)
+        assert (await child.describe()).status == WorkflowExecutionStatus.RUNNING
+        gate.set()
+        done = await asyncio.wait_for(child.result(), 60)
+    assert done["export_date"] == day and done["noop"] is False
+    assert [r.status for r in fake.runs] == ["running", "completed"]
 
 
 def test_worker_killed_mid_export_still_yields_one_package(stack: Any, databases: Any) -> None:

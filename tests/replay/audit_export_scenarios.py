@@ -2,7 +2,9 @@
 
 Record only these (the other runbooks' saved histories stay untouched)::
 
-    .venv/bin/python -m tests.replay.audit_export_scenarios
+    .venv/bin/python -m tests.replay.audit_export_scenarios [WORKFLOW_ID ...]
+
+With workflow ids, only those scenarios are recorded (each is self-contained).
 """
 
 from __future__ import annotations
@@ -12,15 +14,20 @@ import os
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from temporalio import activity
 from temporalio.client import WorkflowHandle
+from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
 from temporalio.exceptions import ApplicationError
 
 from opsflow.shared import audit_export_nightly as ae
+from opsflow.shared import ids
 from opsflow.shared.audit_export_nightly import (
     AuditExportInput,
+    AuditExportScheduledInput,
+    AuditExportScheduledResult,
     CompiledModel,
     CompiledModels,
     DistributeRequest,
@@ -45,6 +52,9 @@ class AuditExportWorld:
     rows: dict[tuple[str, int], ExportRecord] = field(default_factory=dict)
     failing_test: str | None = None
     flaky: set[str] = field(default_factory=set)
+    # Dates whose plan step waits for the event (a run held "running"), and plans begun.
+    hold: dict[str, asyncio.Event] = field(default_factory=dict)
+    planning: set[str] = field(default_factory=set)
 
     def activities(self) -> list[Callable[..., Any]]:
         """Return the ``audit_export.*`` activities."""
@@ -52,6 +62,9 @@ class AuditExportWorld:
         @activity.defn(name="audit_export.plan")
         async def plan(req: PlanRequest) -> Plan:
             d = req.date or "2026-11-20"
+            self.planning.add(d)
+            if d in self.hold:
+                await self.hold[d].wait()
             done = [r for r in self.rows.values() if r.export_date == d and r.status == "succeeded"]
             if done and not req.force:
                 return Plan(d, True, done[-1])
@@ -142,10 +155,91 @@ async def export_dbt_failure(ctx: Any) -> Any:
         WORLD.failing_test = None
 
 
+async def _start_scheduled(ctx: Any, wid: str, due: datetime) -> WorkflowHandle[Any, Any]:
+    # As the audit-export-nightly schedule starts it: the starter, the schedule's memo and
+    # search attributes, and the due time the schedule sets (TemporalScheduledStartTime).
+    handle: WorkflowHandle[Any, Any] = await ctx.client.start_workflow(
+        ae.SCHEDULED_WORKFLOW,
+        AuditExportScheduledInput(time_zone="America/New_York"),
+        id=wid,
+        task_queue=ctx.task_queue,
+        result_type=AuditExportScheduledResult,
+        search_attributes=TypedSearchAttributes(
+            [
+                SearchAttributePair(SearchAttributeKey.for_keyword(ids.SA_RUNBOOK), ae.RUNBOOK),
+                SearchAttributePair(SearchAttributeKey.for_keyword(ids.SA_ACTOR), SCHEDULE_ACTOR),
+                SearchAttributePair(
+                    SearchAttributeKey.for_keyword(ids.SA_TENANT), ids.SYSTEM_TENANT
+                ),
+                SearchAttributePair(SearchAttributeKey.for_keyword(ids.SA_STATE), "scheduled"),
+                SearchAttributePair(
+                    SearchAttributeKey.for_datetime("TemporalScheduledStartTime"), due
+                ),
+            ]
+        ),
+        memo={ids.MEMO_ACTOR: SCHEDULE_ACTOR, ids.MEMO_RUNBOOK: ae.RUNBOOK},
+        static_summary=f"{ae.RUNBOOK} (schedule {ae.SCHEDULE_ID})",
+    )
+    return handle
+
+
+async def scheduled_started(ctx: Any) -> Any:
+    """The schedule's starter exports the night it was due as ``audit-export:2026-11-18``."""
+    from tests.replay.record_histories import settle
+
+    # No flaky first upload here: the child's history is not the one saved.
+    WORLD.flaky.add(ae.object_key("2026-11-18", 1))
+    # 02:00 EST on the 18th.
+    handle = await _start_scheduled(
+        ctx, "audit-export-scheduled:replay-started", datetime(2026, 11, 18, 7, 0, tzinfo=UTC)
+    )
+    await settle(handle)
+    result = await handle.result()
+    if (result.workflow_id, result.status) != ("audit-export:2026-11-18", "exported"):
+        raise RuntimeError(f"unexpected starter result {result}")
+    return handle
+
+
+async def scheduled_already_running(ctx: Any) -> Any:
+    """A manual run of the night is running: the starter leaves it alone and ends."""
+    from tests.replay.record_histories import settle, start
+
+    day = "2026-11-17"
+    WORLD.flaky.add(ae.object_key(day, 1))
+    WORLD.hold[day] = asyncio.Event()
+    manual = await start(
+        ctx,
+        ae.RUNBOOK,
+        AuditExportInput(date=day),
+        actor="token:carol(operator)",
+        workflow_id=ae.workflow_id(day),
+    )
+    try:
+        for _ in range(200):
+            if day in WORLD.planning:
+                break
+            await asyncio.sleep(0.05)
+        handle = await _start_scheduled(
+            ctx,
+            "audit-export-scheduled:replay-already-running",
+            datetime(2026, 11, 17, 7, 0, tzinfo=UTC),
+        )
+        await settle(handle)
+        result = await handle.result()
+        if result.started or result.status != "already-running":
+            raise RuntimeError(f"unexpected starter result {result}")
+    finally:
+        WORLD.hold.pop(day).set()
+    await settle(manual)
+    return handle
+
+
 AUDIT_EXPORT_SCENARIOS: list[tuple[str, Callable[[Any], Awaitable[Any]]]] = [
     ("audit-export:replay-export", export_ok),
     ("audit-export:replay-noop", export_noop),
     ("audit-export:replay-dbt-failure", export_dbt_failure),
+    ("audit-export-scheduled:replay-started", scheduled_started),
+    ("audit-export-scheduled:replay-already-running", scheduled_already_running),
 ]
 
 
@@ -154,7 +248,7 @@ def audit_export_activities() -> list[Callable[..., Any]]:
     return WORLD.activities()
 
 
-async def _record_mine() -> None:
+async def _record_mine(only: set[str]) -> None:
     from temporalio.testing import WorkflowEnvironment
 
     from opsflow import binaries
@@ -167,6 +261,10 @@ async def _record_mine() -> None:
 
     HISTORIES.mkdir(parents=True, exist_ok=True)
     mine = {wid for wid, _ in AUDIT_EXPORT_SCENARIOS}
+    if only:
+        if only - mine:
+            raise SystemExit(f"not scenarios of this runbook: {sorted(only - mine)}")
+        mine = only
     dev = await WorkflowEnvironment.start_local(
         dev_server_existing_path=binaries.find("temporal"),
         search_attributes=SEARCH_ATTRIBUTE_KEYS,
@@ -181,7 +279,7 @@ def main() -> None:
     """Record this runbook's histories only; exit with ``os._exit`` (sdk-python issue 300)."""
     status = 0
     try:
-        asyncio.run(_record_mine())
+        asyncio.run(_record_mine(set(sys.argv[1:])))
     except BaseException as exc:
         print(f"recording failed: {exc!r}", file=sys.stderr)
         status = 1

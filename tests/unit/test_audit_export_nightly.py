@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from pydantic import TypeAdapter, ValidationError
 from temporalio import activity
-from temporalio.client import WorkflowFailureError
+from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
+from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError, WorkflowHandle
+from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
@@ -30,7 +37,11 @@ from opsflow.shared.audit_export_nightly import (
     PlanRequest,
 )
 from opsflow.shared.common import AuditEventIn, RunRecord
-from opsflow.workflows.audit_export_nightly import AuditExportNightly
+from opsflow.workflows.audit_export_nightly import (
+    SCHEDULED_START,
+    AuditExportNightly,
+    AuditExportScheduled,
+)
 
 SHA = "a" * 64
 
@@ -49,7 +60,7 @@ class FakeExport:
     dbt_attempts: int = 0
     dbt_failing_test: str | None = None
 
-    def activities(self) -> list[object]:
+    def activities(self) -> list[Callable[..., Any]]:
         @activity.defn(name="audit_export.plan")
         async def plan(req: PlanRequest) -> Plan:
             d = req.date or "2026-11-21"
@@ -180,7 +191,8 @@ async def test_dbt_test_failure_stops_the_export_without_retry(
         await _run(ts_env, fake, AuditExportInput(date="2026-11-21"))
     assert fake.dbt_attempts == 1
     assert fake.export_attempts == 0 and not fake.objects and not fake.mails
-    cause = err.value.cause.cause  # WorkflowFailure <- ActivityError <- ApplicationError
+    # WorkflowFailure <- ActivityError <- ApplicationError
+    cause = getattr(err.value.cause, "cause", None)
     assert isinstance(cause, ApplicationError)
     assert "unique_audit_case_snapshot_id" in cause.message
     assert fake.rows[("2026-11-21", 1)].status == "failed"
@@ -221,12 +233,29 @@ async def test_force_writes_a_new_version_recorded_as_forced(
     [
         ("2026-13-01", "not a calendar date"),
         ("21/11/2026", "should match pattern"),
-        ("2999-01-01", "in the future"),
     ],
 )
-def test_malformed_or_future_dates_are_refused(value: str, message: str) -> None:
+def test_malformed_dates_are_refused(value: str, message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         TypeAdapter(AuditExportInput).validate_python({"date": value})
+
+
+def test_future_dates_are_refused_in_the_configured_zone_not_by_the_payload() -> None:
+    from datetime import UTC, datetime
+
+    # 23:30 UTC on the 21st is already the 22nd in Tokyo: the 22nd is today there, the 23rd
+    # is not; in UTC the 22nd is still the future.
+    late = datetime(2026, 11, 21, 23, 30, tzinfo=UTC)
+    ae.refuse_future("2026-11-22", "Asia/Tokyo", late)
+    with pytest.raises(ValueError, match=r"2026-11-23 is in the future \(today is 2026-11-22"):
+        ae.refuse_future("2026-11-23", "Asia/Tokyo", late)
+    with pytest.raises(ValueError, match="in UTC"):
+        ae.refuse_future("2026-11-22", "UTC", late)
+    ae.refuse_future(None, "UTC", late)  # no date: today, never the future
+    # The payload itself decodes a future date (a worker east of the API must decode it).
+    assert TypeAdapter(AuditExportInput).validate_python({"date": "2999-01-01"}).date == (
+        "2999-01-01"
+    )
 
 
 def test_date_helpers() -> None:
@@ -238,3 +267,201 @@ def test_date_helpers() -> None:
     late = datetime(2026, 11, 21, 23, 30, tzinfo=UTC)
     assert ae.today_in("Europe/Berlin", late) == "2026-11-22"
     assert ae.today_in("America/New_York", late) == "2026-11-21"
+
+
+# ---------------------------------------------------------------------------------------------
+# audit-export-scheduled: what the schedule starts, so the night's run is audit-export:<date>.
+
+SCHEDULE_ACTOR = f"system:{ae.SCHEDULE_ID}"
+
+
+def test_export_date_of_a_scheduled_time_is_local() -> None:
+    # What the starter computes from TemporalScheduledStartTime and the configured zone.
+    # 07:00Z on the spring-forward day is 03:00 EDT: the 8th in New York.
+    assert ae.today_in("America/New_York", datetime(2026, 3, 8, 7, 0, tzinfo=UTC)) == "2026-03-08"
+    # Just after local midnight (00:01 EST) is the 8th; one minute before midnight is still
+    # the 7th there, though UTC already says the 8th.
+    assert ae.today_in("America/New_York", datetime(2026, 3, 8, 5, 1, tzinfo=UTC)) == "2026-03-08"
+    assert ae.today_in("America/New_York", datetime(2026, 3, 8, 4, 59, tzinfo=UTC)) == "2026-03-07"
+    # Just after local midnight in Berlin is the next day, though UTC says the day before.
+    assert ae.today_in("Europe/Berlin", datetime(2026, 11, 21, 23, 1, tzinfo=UTC)) == "2026-11-22"
+
+
+async def _start_scheduled(
+    env: WorkflowEnvironment, tq: str, zone: str, due: datetime
+) -> WorkflowHandle[Any, ae.AuditExportScheduledResult]:
+    # What the schedule does: the starter, the schedule's actor, the due time as
+    # TemporalScheduledStartTime (the time-skipping server has no schedules of its own).
+    # Always a fixed due time: this server's clock jumps ahead (to leftover timers of failed
+    # runs), so a date from workflow.now() could be "in the future" for the real clock.
+    await _register_scheduled_start(env)
+    attrs = TypedSearchAttributes([SearchAttributePair(SCHEDULED_START, due)])
+    return await env.client.start_workflow(
+        AuditExportScheduled.run,
+        ae.AuditExportScheduledInput(time_zone=zone),
+        id=f"audit-export-nightly-test-{uuid.uuid4()}",
+        task_queue=tq,
+        memo={"actor": SCHEDULE_ACTOR, "runbook": ae.RUNBOOK},
+        search_attributes=attrs,
+    )
+
+
+async def _register_scheduled_start(env: WorkflowEnvironment) -> None:
+    # The test server does not know the attribute the real schedules set: register it once.
+    try:
+        await env.client.operator_service.add_search_attributes(
+            AddSearchAttributesRequest(
+                namespace=env.client.namespace,
+                search_attributes={
+                    SCHEDULED_START.name: IndexedValueType.INDEXED_VALUE_TYPE_DATETIME
+                },
+            )
+        )
+    except RPCError as exc:
+        if exc.status != RPCStatusCode.ALREADY_EXISTS:
+            raise
+
+
+def _worker(env: WorkflowEnvironment, tq: str, acts: list[Any]) -> Worker:
+    return Worker(
+        env.client,
+        task_queue=tq,
+        workflows=[AuditExportNightly, AuditExportScheduled],
+        activities=acts,
+    )
+
+
+async def _terminate_if_running(env: WorkflowEnvironment, wid: str) -> None:
+    # The child ids are real dates on a session-wide server: leave none running behind.
+    handle = env.client.get_workflow_handle(wid)
+    try:
+        if (await handle.describe()).status == WorkflowExecutionStatus.RUNNING:
+            await handle.terminate("test cleanup")
+    except RPCError:
+        pass
+
+
+async def test_scheduled_starter_runs_the_date_it_was_due_as_audit_export_date(
+    ts_env: WorkflowEnvironment,
+) -> None:
+    fake = FakeExport()
+    tq = f"tq-{uuid.uuid4()}"
+    # Due 23:30 EDT on the 8th (03:30Z on the 9th, hours after the spring-forward): the
+    # export is of the 8th, neither UTC's date nor the date the test runs.
+    due = datetime(2026, 3, 9, 3, 30, tzinfo=UTC)
+    async with _worker(ts_env, tq, fake.activities()):
+        await _terminate_if_running(ts_env, "audit-export:2026-03-08")
+        handle = await _start_scheduled(ts_env, tq, "America/New_York", due)
+        result = await handle.result()
+        assert result == ae.AuditExportScheduledResult(
+            "2026-03-08", "audit-export:2026-03-08", True, "exported"
+        )
+        child = await ts_env.client.get_workflow_handle("audit-export:2026-03-08").describe()
+        assert child.workflow_type == "audit-export-nightly"
+        assert child.status == WorkflowExecutionStatus.COMPLETED
+        assert child.parent_id == handle.id
+        memo = await child.memo()
+        assert memo == {"actor": SCHEDULE_ACTOR, "runbook": ae.RUNBOOK}
+    assert list(fake.objects) == ["2026/03/08/audit-export-2026-03-08.zip.ofae"]
+    # The child records itself (the starter has no runs row) and audits as the schedule.
+    assert [(r.workflow_id, r.actor, r.status) for r in fake.runs] == [
+        ("audit-export:2026-03-08", SCHEDULE_ACTOR, "running"),
+        ("audit-export:2026-03-08", SCHEDULE_ACTOR, "completed"),
+    ]
+    assert fake.runs[0].input == {"date": "2026-03-08", "force": False}
+    assert [a.actor for a in fake.audits] == [SCHEDULE_ACTOR]
+
+
+async def test_scheduled_starter_leaves_a_running_manual_run_of_the_date_alone(
+    ts_env: WorkflowEnvironment,
+) -> None:
+    fake = FakeExport()
+    acts = fake.activities()
+    real_plan = acts[0]
+    gate = asyncio.Event()
+    planning = asyncio.Event()
+
+    @activity.defn(name="audit_export.plan")
+    async def gated_plan(req: PlanRequest) -> Plan:
+        planning.set()
+        await gate.wait()
+        plan: Plan = await real_plan(req)
+        return plan
+
+    acts[0] = gated_plan
+    tq = f"tq-{uuid.uuid4()}"
+    wid = "audit-export:2026-03-10"
+    async with _worker(ts_env, tq, acts):
+        await _terminate_if_running(ts_env, wid)
+        manual = await ts_env.client.start_workflow(
+            AuditExportNightly.run,
+            AuditExportInput(date="2026-03-10"),
+            id=wid,
+            task_queue=tq,
+            memo={"actor": "token:carol(operator)"},
+        )
+        await asyncio.wait_for(planning.wait(), 10)
+        starter = await _start_scheduled(
+            ts_env, tq, "America/New_York", datetime(2026, 3, 10, 6, 0, tzinfo=UTC)
+        )
+        result = await starter.result()
+        assert result == ae.AuditExportScheduledResult("2026-03-10", wid, False, "already-running")
+        # The manual run is untouched, and still the only run of the date.
+        desc = await manual.describe()
+        assert (
+            desc.status == WorkflowExecutionStatus.RUNNING and desc.run_id == manual.result_run_id
+        )
+        gate.set()
+        done = await manual.result()
+    assert done.export_date == "2026-03-10" and not done.noop
+    assert {r.actor for r in fake.runs} == {"token:carol(operator)"}
+
+
+async def test_the_export_outlives_its_cancelled_starter(ts_env: WorkflowEnvironment) -> None:
+    # (Termination is not tested here: the time-skipping server ignores parent close
+    # policies, so a terminated starter's child runs on whatever the policy says.)
+    fake = FakeExport()
+    acts = fake.activities()
+    real_plan = acts[0]
+    gate = asyncio.Event()
+    planning = asyncio.Event()
+
+    @activity.defn(name="audit_export.plan")
+    async def gated_plan(req: PlanRequest) -> Plan:
+        planning.set()
+        await gate.wait()
+        plan: Plan = await real_plan(req)
+        return plan
+
+    acts[0] = gated_plan
+    tq = f"tq-{uuid.uuid4()}"
+    wid = "audit-export:2026-03-13"
+    async with _worker(ts_env, tq, acts):
+        await _terminate_if_running(ts_env, wid)
+        starter = await _start_scheduled(ts_env, tq, "UTC", datetime(2026, 3, 13, 2, 0, tzinfo=UTC))
+        await asyncio.wait_for(planning.wait(), 10)
+        await starter.cancel()
+        with pytest.raises(WorkflowFailureError):
+            await starter.result()
+        child = ts_env.client.get_workflow_handle(wid)
+        assert (await child.describe()).status == WorkflowExecutionStatus.RUNNING
+        gate.set()
+        done = await child.result()
+    assert done["export_date"] == "2026-03-13" and done["noop"] is False
+    assert [r.status for r in fake.runs] == ["running", "completed"]
+    assert len(fake.objects) == 1
+
+
+async def test_scheduled_starter_fails_when_the_export_fails(ts_env: WorkflowEnvironment) -> None:
+    fake = FakeExport(dbt_failing_test="not_null_audit_case_snapshot_id")
+    tq = f"tq-{uuid.uuid4()}"
+    async with _worker(ts_env, tq, fake.activities()):
+        await _terminate_if_running(ts_env, "audit-export:2026-03-11")
+        handle = await _start_scheduled(ts_env, tq, "UTC", datetime(2026, 3, 11, 2, 0, tzinfo=UTC))
+        with pytest.raises(WorkflowFailureError) as err:
+            await handle.result()
+    cause = err.value.cause
+    assert isinstance(cause, ApplicationError) and cause.type == "ExportFailed"
+    assert "audit-export:2026-03-11" in cause.message
+    assert "not_null_audit_case_snapshot_id" in cause.message
+    assert fake.rows[("2026-03-11", 1)].status == "failed"

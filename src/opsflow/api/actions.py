@@ -132,6 +132,12 @@ async def start_run(
     from opsflow.adapters.idempotency import IdempotencyRecord
 
     require_role(ctx.caller, spec.start, f"starting runbook '{spec.name}'", ctx.metrics)
+    if spec.validate is not None:
+        try:
+            spec.validate(inp)
+        except ValueError as exc:
+            error = {"loc": ["body"], "msg": str(exc), "type": "value_error"}
+            raise InputInvalid([error]) from None
     actor = ctx.caller.actor
     data = to_json(spec.input, inp)
     digest = request_digest(spec.name, data)

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import os
 import re
-import sys
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 RUNBOOK = "audit-export-nightly"
 SCHEDULE_ID = "audit-export-nightly"
+# The workflow the schedule starts: it names the night's run ``audit-export:YYYY-MM-DD``.
+SCHEDULED_WORKFLOW = "audit-export-scheduled"
+EXECUTION_TIMEOUT = timedelta(hours=12)
 MODELS = ("audit_case_snapshot", "audit_assignment_snapshot")
 MANIFEST_NAME = "manifest.json"
 # The download link of the distribution mail lives 7 days (SigV4's maximum).
@@ -48,11 +49,25 @@ def object_key(export_date: str, version: int) -> str:
     return f"{d:%Y/%m/%d}/audit-export-{export_date}{suffix}.zip.ofae"
 
 
-def _in_workflow() -> bool:
-    # The payload is also built when a workflow reads its input; the clock is not allowed
-    # there (the workflow checks the date itself against workflow time).
-    wf = sys.modules.get("temporalio.workflow")
-    return bool(wf is not None and wf.in_workflow())
+def refuse_future(export_date: str | None, time_zone: str, now: datetime | None = None) -> None:
+    """Refuse a date after today in ``time_zone`` (the API answers 422 with this message).
+
+    Not part of the payload's own checks: a payload is decoded again by workers, in other
+    processes and later, where "today" and the configured zone are not the caller's. The
+    export's plan step repeats this check against the run's own reference time.
+
+    Raises:
+        ValueError: the date is in the future.
+
+    """
+    if export_date is None:
+        return
+    try:
+        today = today_in(time_zone, now)
+    except (ZoneInfoNotFoundError, ValueError):
+        time_zone, today = "UTC", today_in("UTC", now)
+    if export_date > today:
+        raise ValueError(f"date {export_date} is in the future (today is {today} in {time_zone})")
 
 
 @dataclass
@@ -89,15 +104,28 @@ class AuditExportInput:
             date.fromisoformat(self.date)
         except ValueError:
             raise ValueError(f"{self.date} is not a calendar date") from None
-        if _in_workflow():
-            return
-        zone = os.environ.get("SCHEDULE_TIMEZONE") or "UTC"
-        try:
-            today = today_in(zone)
-        except (ZoneInfoNotFoundError, ValueError):
-            today = today_in("UTC")
-        if self.date > today:
-            raise ValueError(f"date {self.date} is in the future (today is {today} in {zone})")
+
+
+@dataclass
+class AuditExportScheduledInput:
+    """What the schedule's starter needs: the zone whose calendar names the export date."""
+
+    time_zone: str = "UTC"
+
+
+@dataclass
+class AuditExportScheduledResult:
+    """What the schedule's starter did for one night.
+
+    ``started`` is False when a run of that date was already running (a manual run): the
+    starter left it alone, and ``status`` is ``already-running``. Otherwise ``status`` is how
+    the started run ended: ``exported`` or ``noop`` (the date had already succeeded).
+    """
+
+    export_date: str
+    workflow_id: str
+    started: bool
+    status: str
 
 
 @dataclass

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from temporalio.client import (
     Client,
     Schedule,
@@ -20,21 +22,36 @@ from opsflow.catalog import RUNBOOKS, RunbookSpec
 from opsflow.config import Settings
 from opsflow.shared import ids
 
+# A starter workflow waits for the run it starts, which has the runbook's execution timeout:
+# it outlives that run by this much, so it sees and reports the run's end.
+STARTER_TIMEOUT_SLACK = timedelta(minutes=30)
+
 
 def build_schedule(spec: RunbookSpec, settings: Settings) -> Schedule:
-    """Build the Temporal Schedule for one runbook (overlap skip, catch-up window)."""
+    """Build the Temporal Schedule for one runbook (overlap skip, catch-up window).
+
+    The action starts the runbook's workflow, or the schedule's starter workflow when it names
+    one (``ScheduleSpec.workflow``).
+    """
     sched = spec.schedule
     assert sched is not None
     actor = ids.schedule_actor(sched.id)
-    inp = sched.make_input() if sched.make_input else spec.input()
+    if sched.settings_input is not None:
+        inp = sched.settings_input(settings)
+    else:
+        inp = sched.make_input() if sched.make_input else spec.input()
+    workflow = sched.workflow or spec.workflow
+    timeout = spec.execution_timeout
+    if sched.workflow is not None and timeout is not None:
+        timeout += STARTER_TIMEOUT_SLACK
     return Schedule(
         action=ScheduleActionStartWorkflow(
-            spec.workflow.run,
+            workflow.run,
             inp,
             # Temporal appends the scheduled time: "health-check-2026-11-22T02:05:00Z".
             id=sched.id,
             task_queue=settings.temporal_task_queue,
-            execution_timeout=spec.execution_timeout,
+            execution_timeout=timeout,
             memo={ids.MEMO_ACTOR: actor, ids.MEMO_RUNBOOK: spec.name},
             typed_search_attributes=TypedSearchAttributes(
                 [

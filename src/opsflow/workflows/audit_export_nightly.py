@@ -13,15 +13,29 @@ from __future__ import annotations
 import asyncio
 from datetime import datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfoNotFoundError
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy, SearchAttributeKey
-from temporalio.exceptions import ApplicationError
+from temporalio.common import (
+    RetryPolicy,
+    SearchAttributeKey,
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDReusePolicy,
+)
+from temporalio.exceptions import ApplicationError, ChildWorkflowError, WorkflowAlreadyStartedError
 
 with workflow.unsafe.imports_passed_through():
+    from opsflow.shared import ids
     from opsflow.shared.audit_export_nightly import (
+        EXECUTION_TIMEOUT,
+        RUNBOOK,
+        SCHEDULE_ID,
+        SCHEDULED_WORKFLOW,
         AuditExportInput,
         AuditExportResult,
+        AuditExportScheduledInput,
+        AuditExportScheduledResult,
         CompiledModels,
         DistributeRequest,
         ExportOutcome,
@@ -31,9 +45,17 @@ with workflow.unsafe.imports_passed_through():
         FinishRequest,
         Plan,
         PlanRequest,
+        today_in,
+        workflow_id,
     )
     from opsflow.shared.common import Progress
-    from opsflow.workflows._common import BOOKKEEPING_RETRY, RunbookWorkflow, actor, set_state
+    from opsflow.workflows._common import (
+        BOOKKEEPING_RETRY,
+        RUNBOOK_KEY,
+        RunbookWorkflow,
+        actor,
+        set_state,
+    )
 
 SCHEDULED_START = SearchAttributeKey.for_datetime("TemporalScheduledStartTime")
 STEP_TIMEOUT = timedelta(minutes=2)
@@ -60,7 +82,7 @@ MAIL_RETRY = RetryPolicy(
 
 @workflow.defn(name="audit-export-nightly")
 class AuditExportNightly(RunbookWorkflow):
-    """One run per export date (workflow id ``audit-export:YYYY-MM-DD``, or the schedule's)."""
+    """One run per export date, workflow id ``audit-export:YYYY-MM-DD`` (API and schedule)."""
 
     runbook = "audit-export-nightly"
 
@@ -84,7 +106,8 @@ class AuditExportNightly(RunbookWorkflow):
         )
 
     def _reference_time(self) -> datetime:
-        # A scheduled run exports the date it was due, even when a catch-up starts it later.
+        # Runs the schedule started directly (before audit-export-scheduled) carried their due
+        # time; runs started by AuditExportScheduled or the API are given their date.
         due = workflow.info().typed_search_attributes.get(SCHEDULED_START)
         return due if due is not None else workflow.now()
 
@@ -257,3 +280,82 @@ def _describe(exc: BaseException) -> str:
             return f"{cause.type or 'ApplicationError'}: {cause.message}"
         cause = cause.__cause__
     return str(exc) or type(exc).__name__
+
+
+@workflow.defn(name=SCHEDULED_WORKFLOW)
+class AuditExportScheduled(RunbookWorkflow):
+    """What the ``audit-export-nightly`` schedule starts: the night's ``audit-export:<date>`` run.
+
+    A schedule can only name its runs ``<schedule id>-<time>``, but every run of a date must be
+    ``audit-export:YYYY-MM-DD`` (a manual run of the same date is then the same run). This
+    starter computes the date the night was due, starts the export under that id as a child
+    that outlives it, and waits for its end. It keeps no ``runs`` row: the export writes its own.
+    """
+
+    runbook = RUNBOOK
+
+    @workflow.run
+    async def run(self, inp: AuditExportScheduledInput) -> AuditExportScheduledResult:
+        """Start ``audit-export:<date>`` (or find it running) and report how it ended."""
+        # A catch-up run started hours late still exports the night it was due.
+        due = workflow.info().typed_search_attributes.get(SCHEDULED_START) or workflow.now()
+        try:
+            export_date = today_in(inp.time_zone, due)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ApplicationError(
+                f"unknown time zone {inp.time_zone!r}", type="BadTimeZone", non_retryable=True
+            ) from exc
+        child_id = workflow_id(export_date)
+        who = actor()
+        self.step("starting", f"{child_id} (due {due.isoformat()} in {inp.time_zone})")
+        try:
+            handle = await workflow.start_child_workflow(
+                AuditExportNightly.run,
+                AuditExportInput(date=export_date),
+                id=child_id,
+                task_queue=workflow.info().task_queue,
+                execution_timeout=EXECUTION_TIMEOUT,
+                # The export finishes even when this starter is terminated or cancelled.
+                parent_close_policy=workflow.ParentClosePolicy.ABANDON,
+                cancellation_type=workflow.ChildWorkflowCancellationType.ABANDON,
+                # A date whose run ended may run again: its plan step makes a succeeded date a
+                # no-op, and retries a failed one.
+                id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+                memo={ids.MEMO_ACTOR: who, ids.MEMO_RUNBOOK: RUNBOOK},
+                search_attributes=_child_search_attributes(who),
+                static_summary=f"audit export of {export_date} (schedule {SCHEDULE_ID})",
+            )
+        except WorkflowAlreadyStartedError:
+            # A manual run of the same date is under way: it is tonight's export.
+            self.step("done", f"{child_id} is already running; left alone")
+            set_state("already-running")
+            return AuditExportScheduledResult(export_date, child_id, False, "already-running")
+        set_state("waiting")
+        self.step("waiting", f"{child_id} started")
+        try:
+            result = await handle
+        except ChildWorkflowError as exc:
+            set_state("failed")
+            self.step("done", f"{child_id} failed")
+            raise ApplicationError(
+                f"{child_id} failed: {_describe(exc)}", type="ExportFailed", non_retryable=True
+            ) from exc
+        status = "noop" if result.noop else "exported"
+        set_state(status)
+        self.step("done", f"{child_id}: {status}")
+        return AuditExportScheduledResult(export_date, child_id, True, status)
+
+
+def _child_search_attributes(who: str) -> TypedSearchAttributes | None:
+    # The attributes a scheduled run always had; none where they are not registered (the
+    # time-skipping test server), as in set_state().
+    if workflow.info().typed_search_attributes.get(RUNBOOK_KEY) is None:
+        return None
+    return TypedSearchAttributes(
+        [
+            SearchAttributePair(RUNBOOK_KEY, RUNBOOK),
+            SearchAttributePair(SearchAttributeKey.for_keyword(ids.SA_ACTOR), who),
+            SearchAttributePair(SearchAttributeKey.for_keyword(ids.SA_TENANT), ids.SYSTEM_TENANT),
+            SearchAttributePair(SearchAttributeKey.for_keyword(ids.SA_STATE), "scheduled"),
+        ]
+    )
