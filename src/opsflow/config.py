@@ -104,6 +104,9 @@ class Settings(BaseSettings):
     worker_workflow_task_polls: int = 20
     # Workflows kept in the worker's cache (sticky execution); 0 turns sticky queues off.
     worker_max_cached_workflows: int = 1000
+    # Seconds after the worker's start before it loads dbt for the audit export (see
+    # opsflow.adapters.dbt.warm_up_in_background).
+    worker_dbt_warmup_delay: float = Field(default=20.0, ge=0)
 
     # health-check thresholds (the seed's alert rules).
     health_slow_query_seconds: float = 30.0

@@ -23,6 +23,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -184,10 +185,19 @@ def warm_up(target_url: str, project_dir: Path = PROJECT_DIR) -> None:
         _invoke(["parse", *common])
 
 
-def warm_up_in_background(target_url: str, project_dir: Path = PROJECT_DIR) -> threading.Thread:
-    """Run :func:`warm_up` in a daemon thread; a failure is logged, never raised."""
+def warm_up_in_background(
+    target_url: str, project_dir: Path = PROJECT_DIR, *, delay: float = 0.0
+) -> threading.Thread:
+    """Run :func:`warm_up` in a daemon thread after ``delay`` seconds; failures are logged.
+
+    The delay lets a restarted worker first serve the work that waited for it: importing
+    and parsing dbt takes two seconds of CPU (and the GIL) that the first export, hours
+    later, does not need yet.
+    """
 
     def _run() -> None:
+        if delay > 0:
+            time.sleep(delay)
         try:
             warm_up(target_url, project_dir)
             log.info("dbt ready (project parsed)")

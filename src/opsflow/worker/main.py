@@ -108,8 +108,11 @@ async def run(settings: Settings) -> None:
         settings.target_database_url.get_secret_value(), name="app", max_size=settings.db_pool_max
     )
     worker = build_worker(client, settings, build_activities(settings, ops_pool, app_pool, client))
-    # The audit export's dbt import and project parse (~2 s) happen now, not in its first run.
-    dbt.warm_up_in_background(settings.target_database_url.get_secret_value())
+    # The audit export's dbt import and project parse (~2 s) happen soon after the start,
+    # once the backlog a restart finds is served, and not in the first export.
+    dbt.warm_up_in_background(
+        settings.target_database_url.get_secret_value(), delay=settings.worker_dbt_warmup_delay
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
