@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import IO, TYPE_CHECKING, Any, BinaryIO
+from typing import IO, TYPE_CHECKING, Any, BinaryIO, cast
 
 import psycopg
 import psycopg.sql
@@ -147,22 +147,22 @@ class MultipartSink:
         self.sha.update(data)
         self.size += len(data)
         self._buf += data
-        while len(self._buf) >= self.part_size:
-            # One copy of the part (a slice of the bytearray would be a second one).
-            with memoryview(self._buf) as view:
-                body = bytes(view[: self.part_size])
-            del self._buf[: self.part_size]
-            self._upload(body)
-            del body
+        if len(self._buf) >= self.part_size:
+            # The buffer itself is the part (parts other than the last may be any size of at
+            # least 5 MiB): no copy of it, and it is reused once the upload has returned.
+            self._upload(self._buf)
+            self._buf.clear()
 
-    def _upload(self, body: bytes) -> None:
+    def _upload(self, body: bytes | bytearray) -> None:
         number = len(self._parts) + 1
         resp = self.s3.upload_part(
             Bucket=self.bucket,
             Key=self.key,
             UploadId=self.upload_id,
             PartNumber=number,
-            Body=body,
+            # botocore takes a bytearray as a blob (validate._validate_blob); the stubs say
+            # bytes only.
+            Body=cast(bytes, body),
         )
         self._parts.append({"PartNumber": number, "ETag": resp["ETag"]})
         with self.counters.lock:
