@@ -141,47 +141,61 @@ def _rss_mb(pid: int | None) -> float | None:
     return round(total / 1024, 1)
 
 
-_SEEN: dict[str, tuple[int, float] | None] = {}
+def _escalated_rid(path: Path) -> tuple[int, float] | None:
+    """(request id, receive time) of an escalation mail file, else None.
 
-
-_LISTED: list[Any] = [0.0, {}]  # [when, result] of the last folder listing
-
-
-def _mail_times(folder: Path) -> dict[int, float]:
-    """Request id -> receive time (epoch seconds) of each escalation mail in the sink.
-
-    Listed at most every 5 ms, however many senders ask (the sink runs in this process).
+    The sink names each file with its receive time (``YYYYmmddTHHMMSSffffffZ-...``).
     """
-    now = time.monotonic()
-    if now - _LISTED[0] < 0.005:
-        cached: dict[int, float] = _LISTED[1]
-        return cached
-    found = _list_mail_times(folder)
-    _LISTED[0], _LISTED[1] = time.monotonic(), found
-    return found
+    stamp = path.name.split("-", 1)[0]
+    at = datetime.strptime(stamp, "%Y%m%dT%H%M%S%fZ").replace(tzinfo=UTC).timestamp()
+    with path.open("rb") as fh:
+        subject = str(BytesParser(policy=policy.default).parse(fh, headersonly=True)["Subject"])
+    if "ESCALATED: request " not in subject:
+        return None
+    return int(subject.split("ESCALATED: request ", 1)[1].split()[0]), at
 
 
-def _list_mail_times(folder: Path) -> dict[int, float]:
-    parser = BytesParser(policy=policy.default)
-    found: dict[int, float] = {}
-    for path in folder.glob("*.eml"):
-        if path.name not in _SEEN:
-            stamp = path.name.split("-", 1)[0]
-            at = datetime.strptime(stamp, "%Y%m%dT%H%M%S%fZ").replace(tzinfo=UTC).timestamp()
-            with path.open("rb") as fh:
-                subject = str(parser.parse(fh, headersonly=True)["Subject"] or "")
-            entry = None
-            if "ESCALATED: request " in subject:
-                entry = (int(subject.split("ESCALATED: request ", 1)[1].split()[0]), at)
-            _SEEN[path.name] = entry
-        entry = _SEEN[path.name]
-        if entry is not None and entry[0] not in found:
-            found[entry[0]] = entry[1]
-    return found
+class MailWatch:
+    """Escalation mails as the sink stores them (its listener; no polling of the folder)."""
+
+    def __init__(self, stack: Stack, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.times: dict[int, float] = {}
+        self._waiters: dict[int, asyncio.Future[float]] = {}
+        assert stack.mail_sink is not None
+        stack.mail_sink.listen(self._stored)
+
+    def _stored(self, path: Path) -> None:  # the sink's thread
+        found = _escalated_rid(path)
+        if found is not None:
+            self.loop.call_soon_threadsafe(self._arrived, *found)
+
+    def _arrived(self, rid: int, at: float) -> None:
+        self.times.setdefault(rid, at)
+        waiter = self._waiters.pop(rid, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(at)
+
+    async def wait(self, rid: int, seconds: float = 60) -> float | None:
+        """Receive time of ``rid``'s escalation mail, or None after ``seconds``."""
+        if rid in self.times:
+            return self.times[rid]
+        waiter = self._waiters.setdefault(rid, self.loop.create_future())
+        try:
+            return await asyncio.wait_for(asyncio.shield(waiter), seconds)
+        except TimeoutError:
+            return None
+
+    async def wait_all(self, rids: list[int], seconds: float = 120) -> dict[int, float]:
+        """Receive times of those of ``rids`` whose mail arrived within ``seconds``."""
+        deadline = time.monotonic() + seconds
+        for rid in rids:
+            await self.wait(rid, max(0.0, deadline - time.monotonic()))
+        return {r: self.times[r] for r in rids if r in self.times}
 
 
 async def _escalate_all(
-    send: Any, rids: list[int], in_flight: int, mail_dir: Path, sent_at: dict[int, float]
+    send: Any, rids: list[int], in_flight: int, mails: MailWatch, sent_at: dict[int, float]
 ) -> list[float]:
     """Send escalations with ``in_flight`` outstanding at any time; return each call's ms.
 
@@ -193,12 +207,6 @@ async def _escalate_all(
     calls: list[float] = []
     pending = list(rids)
 
-    async def mail_of(rid: int) -> None:
-        deadline = time.monotonic() + 60
-        # Polling the sink's folder: nothing in this process could signal an event.
-        while rid not in _mail_times(mail_dir) and time.monotonic() < deadline:  # noqa: ASYNC110
-            await asyncio.sleep(0.005)
-
     async def sender() -> None:
         while pending:
             rid = pending.pop(0)
@@ -206,26 +214,17 @@ async def _escalate_all(
             t = time.perf_counter()
             await send(rid)
             calls.append((time.perf_counter() - t) * 1000)
-            await mail_of(rid)
+            await mails.wait(rid)
 
     await asyncio.gather(*(sender() for _ in range(in_flight)))
     return calls
-
-
-def _wait_mails(mail_dir: Path, rids: list[int], timeout: float = 120) -> dict[int, float]:
-    deadline = time.monotonic() + timeout
-    while True:
-        times = _mail_times(mail_dir)
-        if all(r in times for r in rids) or time.monotonic() > deadline:
-            return times
-        time.sleep(0.2)
 
 
 async def _run(stack: Stack, n: int, sample: int, tokens: dict[str, str]) -> dict[str, Any]:
     assert stack.database is not None and stack.settings is not None
     app_url = stack.database.target_database_url
     ops_url = stack.database.database_admin_url
-    mail_dir = stack.mail_dir
+    mails = MailWatch(stack, asyncio.get_running_loop())
     ops, base = _seed(app_url, "ops", n), _seed(app_url, "base", n)
     admin = {"Authorization": f"Bearer {tokens['admin']}"}
     sup = {"Authorization": f"Bearer {tokens['supervisor']}"}
@@ -310,8 +309,8 @@ async def _run(stack: Stack, n: int, sample: int, tokens: dict[str, str]) -> dic
                 ("baseline", via_client, base_part),
             ):
                 sent: dict[int, float] = {}
-                calls = await _escalate_all(send, part, in_flight, mail_dir, sent)
-                times = await asyncio.to_thread(_wait_mails, mail_dir, part)
+                calls = await _escalate_all(send, part, in_flight, mails, sent)
+                times = await mails.wait_all(part)
                 lat = [(times[r] - sent[r]) * 1000 for r in part if r in times]
                 figures[side] = {
                     "call": _summary(calls),
@@ -333,7 +332,7 @@ async def _run(stack: Stack, n: int, sample: int, tokens: dict[str, str]) -> dic
             resp.raise_for_status()
     t_start = time.time()
     stack.restart_worker(wait=False)
-    times = await asyncio.to_thread(_wait_mails, mail_dir, pending, 120)
+    times = await mails.wait_all(pending, 120)
     done = [times[r] for r in pending if r in times]
     report["restart"] = {
         "pending": len(pending),

@@ -203,3 +203,17 @@ def test_mail_sink_delivers_a_message_id_once_even_across_restart(tmp_path: Path
         again.stop()
     subjects = [str(m["Subject"]) for m in read_mails(tmp_path / "mail")]
     assert sorted(subjects) == ["first", "no message id", "other"]
+
+
+def test_mail_sink_tells_listeners_of_each_stored_message_once(
+    sinks: tuple[MailSink, HttpSink, str],
+) -> None:
+    mail, _http, _url = sinks
+    heard: list[Path] = []
+    mail.listen(heard.append)
+    _send_with_id(mail.port, "<l1@opsflow>", "one")
+    _send_with_id(mail.port, "<l1@opsflow>", "one again")  # a duplicate: not stored, not told
+    _send(mail.port, ["b@example.com"], "two")
+    # The listener runs before the SMTP answer: both calls are there once send_message returns.
+    assert [p.name for p in heard] == sorted(p.name for p in mail.folder.glob("*.eml"))
+    assert [str(m["Subject"]) for m in read_mails(mail.folder)] == ["one", "two"]

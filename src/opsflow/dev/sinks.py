@@ -36,6 +36,7 @@ import re
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email import policy
@@ -82,6 +83,9 @@ class _MailHandler:
         # from the folder so a restarted sink still knows what it kept. ``duplicates`` lists
         # the Message-IDs dropped, for tests that prove a retry really re-sent.
         self.duplicates: list[str] = []
+        # Called with each stored file's path (in the sink's thread), e.g. by the bench,
+        # which would otherwise poll the folder.
+        self.listeners: list[Callable[[Path], None]] = []
         self._seen: set[str] = {
             mid for path in sorted(folder.glob("*.eml")) if (mid := _message_id(path.read_bytes()))
         }
@@ -112,6 +116,8 @@ class _MailHandler:
                 self._seen.add(mid)
         name = f"{_stamp()}-{uuid.uuid4().hex[:8]}.eml"
         _write_atomic(self.folder / name, head + bytes(content))
+        for listener in list(self.listeners):
+            listener(self.folder / name)
         return "250 Message accepted for delivery"
 
 
@@ -179,6 +185,10 @@ class MailSink:
     def messages(self) -> list[EmailMessage]:
         """Return every stored message, oldest first."""
         return read_mails(self.folder)
+
+    def listen(self, listener: Callable[[Path], None]) -> None:
+        """Call ``listener(path)`` for each message stored from now on (in the sink's thread)."""
+        self._handler.listeners.append(listener)
 
 
 def read_mails(folder: Path) -> list[EmailMessage]:
