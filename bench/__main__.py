@@ -271,8 +271,7 @@ def main(argv: list[str] | None = None) -> int:
             with bench_api_start.bench_stack(keep_state=args.keep_state) as stack:
                 if not args.skip_api:
                     console.print(
-                        f"bench: {args.warmup} warm-up + {args.starts} starts per side, "
-                        "alternating"
+                        f"bench: {args.warmup} warm-up + {args.starts} starts per side, alternating"
                     )
                     report["api_start"] = bench_api_start.run(
                         stack, starts=args.starts, warmup=args.warmup

@@ -141,15 +141,17 @@ def baseline(settings: Settings, key: str) -> dict[str, Any]:
     with psycopg.connect(settings.target_database_url.get_secret_value()) as conn:
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         conn.read_only = True
-        with conn.transaction(), zipfile.ZipFile(
-            sink, "w", zipfile.ZIP_DEFLATED, compresslevel=6
-        ) as zf:
+        with (
+            conn.transaction(),
+            zipfile.ZipFile(sink, "w", zipfile.ZIP_DEFLATED, compresslevel=6) as zf,
+        ):
             cur = conn.cursor()
             for name, sql in BASELINE_MODELS.items():
                 sha, size = hashlib.sha256(), 0
-                with zf.open(f"{name}.csv", "w", force_zip64=True) as out, cur.copy(
-                    f"COPY ({sql}) TO STDOUT WITH (FORMAT csv, HEADER true)"
-                ) as copy:
+                with (
+                    zf.open(f"{name}.csv", "w", force_zip64=True) as out,
+                    cur.copy(f"COPY ({sql}) TO STDOUT WITH (FORMAT csv, HEADER true)") as copy,
+                ):
                     for data in copy:
                         out.write(data)
                         sha.update(data)
@@ -194,10 +196,10 @@ def pipeline(settings: Settings, key: str) -> dict[str, Any]:
     }
 
 
-def _vm_hwm_mib(pid: int) -> float:
+def _vm_hwm_mib(pid: int, field: str = "VmHWM") -> float:
     with open(f"/proc/{pid}/status", encoding="ascii") as fh:
         for line in fh:
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     return 0.0
 
@@ -288,6 +290,7 @@ def run(stack: Any, sizes: list[int]) -> dict[str, Any]:
         _wait_dbt_ready(stack)
         pid = stack.worker.pid
         _reset_peak_rss(pid)  # a fresh VmHWM: the peak of this export alone
+        rss_before = _vm_hwm_mib(pid, "VmRSS")
         date = f"2026-01-{i + 1:02d}"
         t0 = time.time()
         with httpx.Client(base_url=stack.api_url, timeout=60) as api:
@@ -310,6 +313,7 @@ def run(stack: Any, sizes: list[int]) -> dict[str, Any]:
             "csv_bytes": base["csv_bytes"],
             "ciphertext_bytes": result["ciphertext_bytes"],
             "peak_rss_mib": _vm_hwm_mib(pid),
+            "rss_before_mib": rss_before,
             "steps": steps,
         }
         results.append(
@@ -344,6 +348,15 @@ def rows_for_table(figures: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 f"{o['peak_rss_mib'] / b['peak_rss_mib']:.2f}x",
             )
         )
+        if "rss_before_mib" in o:
+            out.append(
+                (
+                    "    worker RSS before the export",
+                    f"{o['rss_before_mib']:.0f} MiB",
+                    "",
+                    f"export +{o['peak_rss_mib'] - o['rss_before_mib']:.0f} MiB",
+                )
+            )
         p = s.get("pipeline")
         if p is not None:
             out.append(

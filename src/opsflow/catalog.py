@@ -62,10 +62,13 @@ class ScheduleSpec:
     A schedule names its runs ``<id>-<scheduled time>``. A runbook whose runs must carry their
     business-key id sets ``workflow`` to a starter workflow that starts the run under that id;
     ``settings_input`` builds the starter's input from the settings (e.g. the time zone).
+    ``fallback_crons`` fire the same action at other times (a starter that tells them apart
+    by their scheduled time decides what they do, see ``audit-export-scheduled``).
     """
 
     id: str
     cron: str | None = None
+    fallback_crons: tuple[str, ...] = ()
     interval: timedelta | None = None
     catchup_window: timedelta = timedelta(hours=1)
     description: str = ""
@@ -327,12 +330,17 @@ RUNBOOKS: dict[str, RunbookSpec] = {
             ),
             schedule=ScheduleSpec(
                 id=audit_export.SCHEDULE_ID,
-                cron="0 2 * * *",
+                cron=f"0 {audit_export.SCHEDULED_HOUR} * * *",
+                # A spring-forward night has no 02:00 in many zones, and Temporal's calendar
+                # skips it: at 03:00 the starter exports a date that has no run yet.
+                fallback_crons=(f"0 {audit_export.FALLBACK_HOUR} * * *",),
                 # A night missed while the cluster was down still runs once when it is back.
                 catchup_window=timedelta(hours=20),
                 description=(
                     "Every day at 02:00 in SCHEDULE_TIMEZONE (seed 000), through "
-                    "audit-export-scheduled: the run of the night is audit-export:YYYY-MM-DD."
+                    "audit-export-scheduled: the run of the night is audit-export:YYYY-MM-DD. "
+                    "At 03:00 it exports the date only if it has no run yet (the "
+                    "spring-forward night, when 02:00 does not exist)."
                 ),
                 workflow=AuditExportScheduled,
                 settings_input=lambda s: audit_export.AuditExportScheduledInput(

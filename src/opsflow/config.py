@@ -83,10 +83,10 @@ class Settings(BaseSettings):
     smtp_test_mode: bool | None = None
     # The reserved example domains (RFC 2606) and their subdomains, which the seed uses.
     mail_allowlist: list[str] = Field(
-        default_factory=lambda: [
-            f"*@{sub}example.{tld}" for tld in ("com", "org", "net") for sub in ("", "*.")
-        ]
-        + ["*@localhost"]
+        default_factory=lambda: (
+            [f"*@{sub}example.{tld}" for tld in ("com", "org", "net") for sub in ("", "*.")]
+            + ["*@localhost"]
+        )
     )
     oncall_emails: list[str] = Field(default_factory=lambda: ["oncall@example.com"])
 

@@ -245,7 +245,9 @@ def test_reconciler_ends_orphans_and_rearms_moved_due_times(stack: Any, database
         )
         assert ended.status_code == 409, ended.text
         assert "COMPLETED" in ended.json()["detail"]
-        missing = api.post(f"/sla/requests/{never}/escalate", headers=sup, json={"reason": "urgent"})
+        missing = api.post(
+            f"/sla/requests/{never}/escalate", headers=sup, json={"reason": "urgent"}
+        )
         assert missing.status_code == 404, missing.text
     with psycopg.connect(databases.opsflow_admin_url) as conn:
         signals = conn.execute(

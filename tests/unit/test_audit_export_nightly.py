@@ -372,6 +372,27 @@ async def test_scheduled_starter_runs_the_date_it_was_due_as_audit_export_date(
     assert [a.actor for a in fake.audits] == [SCHEDULE_ACTOR]
 
 
+async def test_fallback_firing_exports_only_a_night_without_a_run(
+    ts_env: WorkflowEnvironment,
+) -> None:
+    # 2026-03-29 in Berlin has no 02:00 (02:00 -> 03:00 CEST): Temporal's calendar skips the
+    # 02:00 firing, and the 03:00 one (01:00Z) must export the date. Fired again for the same
+    # night - as it is every night that had its 02:00 run - it starts nothing.
+    fake = FakeExport()
+    tq = f"tq-{uuid.uuid4()}"
+    wid = "audit-export:2026-03-29"
+    three = datetime(2026, 3, 29, 1, 0, tzinfo=UTC)
+    async with _worker(ts_env, tq, fake.activities()):
+        await _terminate_if_running(ts_env, wid)
+        first = await (await _start_scheduled(ts_env, tq, "Europe/Berlin", three)).result()
+        assert first == ae.AuditExportScheduledResult("2026-03-29", wid, True, "exported")
+        again = await (await _start_scheduled(ts_env, tq, "Europe/Berlin", three)).result()
+        assert again == ae.AuditExportScheduledResult("2026-03-29", wid, False, "already-ran")
+    assert list(fake.objects) == ["2026/03/29/audit-export-2026-03-29.zip.ofae"]
+    assert [r.status for r in fake.runs] == ["running", "completed"]  # one run of the date
+    assert len(fake.mails) == 1
+
+
 async def test_scheduled_starter_leaves_a_running_manual_run_of_the_date_alone(
     ts_env: WorkflowEnvironment,
 ) -> None:

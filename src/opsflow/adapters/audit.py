@@ -246,9 +246,7 @@ async def record_event(pool: AsyncConnectionPool[Any], event: AuditEventIn) -> A
         return await append_event(conn, event)
 
 
-async def record_event_once(
-    pool: AsyncConnectionPool[Any], event: AuditEventIn, key: str
-) -> bool:
+async def record_event_once(pool: AsyncConnectionPool[Any], event: AuditEventIn, key: str) -> bool:
     """Append ``event`` unless one with the same workflow id, action and key exists.
 
     Activities retry; this makes their audit events retry-safe. The key is stored in

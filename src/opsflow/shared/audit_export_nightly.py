@@ -12,6 +12,9 @@ SCHEDULE_ID = "audit-export-nightly"
 # The workflow the schedule starts: it names the night's run ``audit-export:YYYY-MM-DD``.
 SCHEDULED_WORKFLOW = "audit-export-scheduled"
 EXECUTION_TIMEOUT = timedelta(hours=12)
+# Local hours the schedule fires: the export's, and the fallback for nights without it.
+SCHEDULED_HOUR = 2
+FALLBACK_HOUR = 3
 MODELS = ("audit_case_snapshot", "audit_assignment_snapshot")
 MANIFEST_NAME = "manifest.json"
 # The download link of the distribution mail lives 7 days (SigV4's maximum).
@@ -36,6 +39,11 @@ def today_in(zone: str, now: datetime | None = None) -> str:
     """Today's date (ISO) in time zone ``zone`` at ``now`` (default: the clock)."""
     moment = now if now is not None else datetime.now(UTC)
     return moment.astimezone(ZoneInfo(zone)).date().isoformat()
+
+
+def local_hour(zone: str, moment: datetime) -> int:
+    """Return the hour on the wall clock of time zone ``zone`` at ``moment``."""
+    return moment.astimezone(ZoneInfo(zone)).hour
 
 
 def object_key(export_date: str, version: int) -> str:
@@ -108,9 +116,15 @@ class AuditExportInput:
 
 @dataclass
 class AuditExportScheduledInput:
-    """What the schedule's starter needs: the zone whose calendar names the export date."""
+    """What the schedule's starter needs: the zone whose calendar names the export date.
+
+    The schedule fires at 02:00 and again at ``fallback_hour`` (03:00) local time; the
+    03:00 firing exports only a date that has no run yet (the spring-forward night, which
+    has no 02:00). Any other firing (02:00, a catch-up, a manual trigger) starts the date.
+    """
 
     time_zone: str = "UTC"
+    fallback_hour: int = FALLBACK_HOUR
 
 
 @dataclass
@@ -118,8 +132,10 @@ class AuditExportScheduledResult:
     """What the schedule's starter did for one night.
 
     ``started`` is False when a run of that date was already running (a manual run): the
-    starter left it alone, and ``status`` is ``already-running``. Otherwise ``status`` is how
-    the started run ended: ``exported`` or ``noop`` (the date had already succeeded).
+    starter left it alone, and ``status`` is ``already-running``; or, at the 03:00 fallback,
+    when the date already had a run (``already-ran``, every night that had a 02:00).
+    Otherwise ``status`` is how the started run ended: ``exported`` or ``noop`` (the date
+    had already succeeded).
     """
 
     export_date: str

@@ -67,7 +67,7 @@ def build_schedule(spec: RunbookSpec, settings: Settings) -> Schedule:
         ),
         spec=ScheduleSpec(
             intervals=[ScheduleIntervalSpec(every=sched.interval)] if sched.interval else [],
-            cron_expressions=[sched.cron] if sched.cron else [],
+            cron_expressions=([sched.cron] if sched.cron else []) + list(sched.fallback_crons),
             time_zone_name=settings.schedule_timezone,
         ),
         policy=SchedulePolicy(

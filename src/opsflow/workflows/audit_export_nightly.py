@@ -45,6 +45,7 @@ with workflow.unsafe.imports_passed_through():
         FinishRequest,
         Plan,
         PlanRequest,
+        local_hour,
         today_in,
         workflow_id,
     )
@@ -307,7 +308,15 @@ class AuditExportScheduled(RunbookWorkflow):
             ) from exc
         child_id = workflow_id(export_date)
         who = actor()
-        self.step("starting", f"{child_id} (due {due.isoformat()} in {inp.time_zone})")
+        # The 03:00 firing is the fallback for a night without 02:00 (spring forward): it
+        # starts the date only if the date has no run at all, so every other night it ends
+        # here at once (the 02:00 run of the date is found, however it ended).
+        fallback = local_hour(inp.time_zone, due) == inp.fallback_hour
+        self.step(
+            "starting",
+            f"{child_id} (due {due.isoformat()} in {inp.time_zone})"
+            + (" - fallback: only if the date has no run" if fallback else ""),
+        )
         try:
             handle = await workflow.start_child_workflow(
                 AuditExportNightly.run,
@@ -320,12 +329,20 @@ class AuditExportScheduled(RunbookWorkflow):
                 cancellation_type=workflow.ChildWorkflowCancellationType.ABANDON,
                 # A date whose run ended may run again: its plan step makes a succeeded date a
                 # no-op, and retries a failed one.
-                id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+                id_reuse_policy=(
+                    WorkflowIDReusePolicy.REJECT_DUPLICATE
+                    if fallback
+                    else WorkflowIDReusePolicy.ALLOW_DUPLICATE
+                ),
                 memo={ids.MEMO_ACTOR: who, ids.MEMO_RUNBOOK: RUNBOOK},
                 search_attributes=_child_search_attributes(who),
                 static_summary=f"audit export of {export_date} (schedule {SCHEDULE_ID})",
             )
         except WorkflowAlreadyStartedError:
+            if fallback:
+                self.step("done", f"{child_id} already has a run; nothing to catch up")
+                set_state("already-ran")
+                return AuditExportScheduledResult(export_date, child_id, False, "already-ran")
             # A manual run of the same date is under way: it is tonight's export.
             self.step("done", f"{child_id} is already running; left alone")
             set_state("already-running")
