@@ -438,7 +438,9 @@ async def test_scheduled_starter_leaves_a_running_manual_run_of_the_date_alone(
     assert {r.actor for r in fake.runs} == {"token:carol(operator)"}
 
 
-async def test_the_export_outlives_its_cancelled_starter(ts_env: WorkflowEnvironment) -> None:
+async def test_the_export_outlives_its_cancelled_starter(
+    own_ts_env: WorkflowEnvironment,
+) -> None:
     # (Termination is not tested here: the time-skipping server ignores parent close
     # policies, so a terminated starter's child runs on whatever the policy says.)
     fake = FakeExport()
@@ -457,14 +459,16 @@ async def test_the_export_outlives_its_cancelled_starter(ts_env: WorkflowEnviron
     acts[0] = gated_plan
     tq = f"tq-{uuid.uuid4()}"
     wid = "audit-export:2026-03-13"
-    async with _worker(ts_env, tq, acts):
-        await _terminate_if_running(ts_env, wid)
-        starter = await _start_scheduled(ts_env, tq, "UTC", datetime(2026, 3, 13, 2, 0, tzinfo=UTC))
+    async with _worker(own_ts_env, tq, acts):
+        await _terminate_if_running(own_ts_env, wid)
+        starter = await _start_scheduled(
+            own_ts_env, tq, "UTC", datetime(2026, 3, 13, 2, 0, tzinfo=UTC)
+        )
         await asyncio.wait_for(planning.wait(), 10)
         await starter.cancel()
         with pytest.raises(WorkflowFailureError):
             await starter.result()
-        child = ts_env.client.get_workflow_handle(wid)
+        child = own_ts_env.client.get_workflow_handle(wid)
         assert (await child.describe()).status == WorkflowExecutionStatus.RUNNING
         gate.set()
         done = await child.result()
