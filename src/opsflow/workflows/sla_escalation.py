@@ -72,7 +72,16 @@ def _parse(value: str) -> datetime:
     return datetime.fromisoformat(value)
 
 
-@workflow.defn(name=WORKFLOW_TYPE)
+# Not sandboxed: this is the workflow that lives in tens of thousands (one per open request),
+# and the sandbox re-imports this module for every instance it creates - on every cache miss
+# of an escalation among 20,000 workflows - and keeps a module copy per cached instance. On
+# the SLA bench (3,000 per side, 2 cores) dropping it armed 29% faster (70.4 -> 50.2 s),
+# one escalation's call -> mail p50 fell from 102 to 65 ms, a restarted worker served 100
+# pending escalations in 5.7 s instead of 8.1 s and used 68 MB less. The module keeps the
+# house rules the sandbox would enforce (only temporalio, the standard library and
+# opsflow.shared; time from workflow.now()), and the replay tests over saved histories
+# check its determinism.
+@workflow.defn(name=WORKFLOW_TYPE, sandboxed=False)
 class SlaEscalation(RunbookWorkflow):
     """The SLA of one request (workflow id ``sla:request:<id>``)."""
 
