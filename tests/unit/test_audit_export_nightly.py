@@ -372,6 +372,22 @@ async def test_scheduled_starter_runs_the_date_it_was_due_as_audit_export_date(
     assert [a.actor for a in fake.audits] == [SCHEDULE_ACTOR]
 
 
+def _gate_plan(acts: list[Any]) -> tuple[asyncio.Event, asyncio.Event]:
+    """Hold the plan activity (``acts[0]``) until ``gate`` is set; ``planning`` says it began."""
+    real_plan = acts[0]
+    gate, planning = asyncio.Event(), asyncio.Event()
+
+    @activity.defn(name="audit_export.plan")
+    async def gated_plan(req: PlanRequest) -> Plan:
+        planning.set()
+        await gate.wait()
+        plan: Plan = await real_plan(req)
+        return plan
+
+    acts[0] = gated_plan
+    return gate, planning
+
+
 async def test_fallback_firing_exports_only_a_night_without_a_run(
     ts_env: WorkflowEnvironment,
 ) -> None:
@@ -398,18 +414,7 @@ async def test_scheduled_starter_leaves_a_running_manual_run_of_the_date_alone(
 ) -> None:
     fake = FakeExport()
     acts = fake.activities()
-    real_plan = acts[0]
-    gate = asyncio.Event()
-    planning = asyncio.Event()
-
-    @activity.defn(name="audit_export.plan")
-    async def gated_plan(req: PlanRequest) -> Plan:
-        planning.set()
-        await gate.wait()
-        plan: Plan = await real_plan(req)
-        return plan
-
-    acts[0] = gated_plan
+    gate, planning = _gate_plan(acts)
     tq = f"tq-{uuid.uuid4()}"
     wid = "audit-export:2026-03-10"
     async with _worker(ts_env, tq, acts):
@@ -445,18 +450,7 @@ async def test_the_export_outlives_its_cancelled_starter(
     # policies, so a terminated starter's child runs on whatever the policy says.)
     fake = FakeExport()
     acts = fake.activities()
-    real_plan = acts[0]
-    gate = asyncio.Event()
-    planning = asyncio.Event()
-
-    @activity.defn(name="audit_export.plan")
-    async def gated_plan(req: PlanRequest) -> Plan:
-        planning.set()
-        await gate.wait()
-        plan: Plan = await real_plan(req)
-        return plan
-
-    acts[0] = gated_plan
+    gate, planning = _gate_plan(acts)
     tq = f"tq-{uuid.uuid4()}"
     wid = "audit-export:2026-03-13"
     async with _worker(own_ts_env, tq, acts):

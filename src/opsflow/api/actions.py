@@ -564,17 +564,8 @@ async def signal_runbook_run(
         _require_running(found, "signals")  # 409 if it ended
         # A new run started in between: it gets the signal.
         await (found.handle.signal(name) if arg is None else found.handle.signal(name, arg))
-    await ctx.store.record_event(
-        AuditEventIn(
-            actor=ctx.caller.actor,
-            action="run.signal",
-            target=f"run:{workflow_id}",
-            outcome="success",
-            details={"runbook": spec.name, "signal": name},
-            workflow_id=workflow_id,
-        )
-    )
-    log.info("run.signal", runbook=spec.name, workflow_id=workflow_id, outcome="success")
+    # The run id is not known without a describe: the event names the workflow id.
+    await _audit_run(ctx, spec.name, workflow_id, None, "run.signal", "success", {"signal": name})
 
 
 async def run_update(
@@ -680,18 +671,33 @@ def _require_running(found: FoundRun, what: str) -> None:
 async def _audit(
     ctx: Ctx, found: FoundRun, action: str, outcome: str, details: dict[str, Any]
 ) -> None:
+    await _audit_run(
+        ctx, found.spec.name, found.desc.id, found.desc.run_id, action, outcome, details
+    )
+
+
+async def _audit_run(
+    ctx: Ctx,
+    runbook: str,
+    workflow_id: str,
+    run_id: str | None,
+    action: str,
+    outcome: str,
+    details: dict[str, Any],
+) -> None:
+    extra = {"run_id": run_id} if run_id else {}
     await ctx.store.record_event(
         AuditEventIn(
             actor=ctx.caller.actor,
             action=action,
-            target=f"run:{found.desc.id}",
+            target=f"run:{workflow_id}",
             outcome=outcome,
-            details={"runbook": found.spec.name, "run_id": found.desc.run_id, **details},
-            workflow_id=found.desc.id,
-            run_id=found.desc.run_id,
+            details={"runbook": runbook, **extra, **details},
+            workflow_id=workflow_id,
+            run_id=run_id,
         )
     )
-    log.info(action, runbook=found.spec.name, workflow_id=found.desc.id, outcome=outcome)
+    log.info(action, runbook=runbook, workflow_id=workflow_id, outcome=outcome)
 
 
 async def get_ctx(
