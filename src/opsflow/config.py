@@ -68,7 +68,8 @@ class Settings(BaseSettings):
     s3_region: str = "us-east-1"
     s3_access_key_id: SecretStr = SecretStr("")
     s3_secret_access_key: SecretStr = SecretStr("")
-    s3_audit_bucket: str = "opsflow-audit"
+    # The seed names the bucket s3://msds-audit-exports/YYYY/MM/DD/.
+    s3_audit_bucket: str = "msds-audit-exports"
     s3_backup_bucket: str = "opsflow-backups"
     s3_attachments_bucket: str = "opsflow-attachments"
 

@@ -215,10 +215,10 @@ def test_make_dev_comes_up_stops_cleanly_and_reuses_state(
         assert httpx.get(f"http://127.0.0.1:{ports.temporal_ui}/", timeout=10).status_code == 200
         s3 = _s3(settings)
         buckets = {b["Name"] for b in s3.list_buckets()["Buckets"]}
-        assert {"opsflow-audit", "opsflow-backups", "opsflow-attachments"} <= buckets
+        assert {"msds-audit-exports", "opsflow-backups", "opsflow-attachments"} <= buckets
         s3.put_object(Bucket="opsflow-attachments", Key="devtest/marker.txt", Body=b"kept")
         # The readiness probe keeps exactly one object per bucket, under its hidden prefix.
-        for bucket in ("opsflow-audit", "opsflow-backups", "opsflow-attachments"):
+        for bucket in ("msds-audit-exports", "opsflow-backups", "opsflow-attachments"):
             listed = s3.list_objects_v2(Bucket=bucket, Prefix=".opsflow-probe/")
             assert [o["Key"] for o in listed.get("Contents", [])] == [S3_PROBE_KEY], bucket
             probe = s3.get_object(Bucket=bucket, Key=S3_PROBE_KEY)
