@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -484,3 +485,24 @@ async def test_scheduled_starter_fails_when_the_export_fails(ts_env: WorkflowEnv
     assert "audit-export:2026-03-11" in cause.message
     assert "not_null_audit_case_snapshot_id" in cause.message
     assert fake.rows[("2026-03-11", 1)].status == "failed"
+
+
+def test_dbt_warm_up_waits_for_a_quiet_process() -> None:
+    """The warm-up does not start while the worker's process is busy."""
+    from opsflow.adapters.dbt import wait_until_quiet
+
+    assert wait_until_quiet(max_share=0.5, window=0.1, give_up_after=2.0) is True
+    stop = threading.Event()
+
+    def burn() -> None:
+        while not stop.is_set():
+            sum(range(10_000))
+
+    busy = threading.Thread(target=burn)
+    busy.start()
+    try:
+        # A busy process is never quiet: the wait gives up after its limit and says so.
+        assert wait_until_quiet(max_share=0.5, window=0.1, give_up_after=0.5) is False
+    finally:
+        stop.set()
+        busy.join()

@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from opsflow.adapters.sms import SmsGateway
 from opsflow.dev.ports import DevPorts
 from opsflow.dev.sinks import HttpSink, MailSink, read_envelopes, read_mails
 
@@ -217,3 +218,22 @@ def test_mail_sink_tells_listeners_of_each_stored_message_once(
     # The listener runs before the SMTP answer: both calls are there once send_message returns.
     assert [p.name for p in heard] == sorted(p.name for p in mail.folder.glob("*.eml"))
     assert [str(m["Subject"]) for m in read_mails(mail.folder)] == ["one", "two"]
+
+
+async def test_sms_gateway_keeps_one_client_per_event_loop(
+    sinks: tuple[MailSink, HttpSink, str],
+) -> None:
+    """The gateway builds its HTTP client once, not per SMS, and closes it when told."""
+    _mail, http, url = sinks
+    gateway = SmsGateway(url=f"{url}/sms", token="s3cret-token")
+    assert await gateway.post("gw-1", ["+15550001"], "first") is False
+    client = gateway._client()
+    assert await gateway.post("gw-2", ["+15550001"], "second") is False
+    assert gateway._client() is client  # the same client carried the second message
+    assert await gateway.post("gw-1", ["+15550001"], "first") is True  # the sink's dedup
+    assert [e["idempotency_key"] for e in read_envelopes(http.folder)] == ["gw-1", "gw-2"]
+    await gateway.aclose()
+    assert client.is_closed
+    assert await gateway.post("gw-3", ["+15550001"], "after close") is False  # a new client
+    assert gateway._client() is not client
+    await gateway.aclose()

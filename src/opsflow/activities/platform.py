@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 from psycopg_pool import AsyncConnectionPool
 from temporalio import activity
 
 from opsflow.adapters import audit, runs
 from opsflow.adapters.mail import Mailer, deliver_mail
 from opsflow.shared.common import AuditEventIn, MailMessage, RunRecord
-
-OPEN_STATUSES = {"running", "started"}
 
 
 class PlatformActivities:
@@ -24,11 +20,7 @@ class PlatformActivities:
     @activity.defn(name="platform.record_run")
     async def record_run(self, rec: RunRecord) -> None:
         """Upsert the run's row; the first call sets started_at, a final status ended_at."""
-        now = datetime.now(UTC)
-        if rec.status in OPEN_STATUSES:
-            await runs.upsert_run(self.pool, rec, started_at=now)
-        else:
-            await runs.upsert_run(self.pool, rec, ended_at=now)
+        await runs.record(self.pool, rec)
 
     @activity.defn(name="platform.audit")
     async def audit(self, event: AuditEventIn) -> None:

@@ -26,12 +26,13 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from opsflow.activities._rows import col
-from opsflow.adapters import audit
+from opsflow.adapters import audit, runs
 from opsflow.adapters.mail import Mailer, deliver_mail
 from opsflow.adapters.sms import SmsGateway, deliver_sms
 from opsflow.shared import ids
 from opsflow.shared.common import AuditEventIn, MailMessage
 from opsflow.shared.sla_escalation import (
+    OK,
     WORKFLOW_TYPE,
     BreachOutcome,
     BreachRequest,
@@ -90,7 +91,9 @@ class SlaEscalationActivities:
 
     @activity.defn(name="sla.sync")
     async def sync(self, s: SlaSync) -> RequestFacts:
-        """Upsert the request's watchlist row; return the request's current facts."""
+        """Upsert the request's watchlist row (and the run's row); return the request's facts."""
+        if s.run is not None:
+            await runs.record(self.ops, s.run)
         async with self.app.connection() as conn:
             cur = await conn.execute(
                 """SELECT r.status, r.priority, r.reference, r.title, r.department_id,
@@ -256,6 +259,8 @@ class SlaEscalationActivities:
             ),
             req.key,
         )
+        if req.sync is not None:
+            await self.sync(req.sync)
 
     @activity.defn(name="sla.add_note")
     async def add_note(self, req: NoteRequest) -> None:
@@ -364,9 +369,19 @@ async def signal_with_start(
                     SearchAttributePair(
                         SearchAttributeKey.for_keyword(ids.SA_TENANT), ids.SYSTEM_TENANT
                     ),
-                    SearchAttributePair(SearchAttributeKey.for_keyword(ids.SA_STATE), "started"),
+                    # What the workflow would publish first (a newly armed SLA is "ok"), so
+                    # arming writes no visibility update of its own.
+                    SearchAttributePair(SearchAttributeKey.for_keyword(ids.SA_STATE), OK),
+                    SearchAttributePair(SearchAttributeKey.for_keyword(ids.SA_SLA_STATE), OK),
+                    SearchAttributePair(
+                        SearchAttributeKey.for_datetime(ids.SA_SLA_DUE_AT),
+                        datetime.fromisoformat(due_at),
+                    ),
                     SearchAttributePair(
                         SearchAttributeKey.for_keyword(ids.SA_REQUEST_ID), str(request_id)
+                    ),
+                    SearchAttributePair(
+                        SearchAttributeKey.for_keyword(ids.SA_DEPARTMENT), department or "-"
                     ),
                 ]
             ),

@@ -185,19 +185,40 @@ def warm_up(target_url: str, project_dir: Path = PROJECT_DIR) -> None:
         _invoke(["parse", *common])
 
 
+def wait_until_quiet(
+    max_share: float = 0.25, window: float = 1.0, give_up_after: float = 600.0
+) -> bool:
+    """Block until this process used under ``max_share`` of a core for a whole ``window``.
+
+    Returns:
+        True when the process was quiet, False when it stayed busy for ``give_up_after``
+        seconds (the caller goes ahead anyway).
+
+    """
+    deadline = time.monotonic() + give_up_after
+    while time.monotonic() < deadline:
+        cpu, wall = time.process_time(), time.monotonic()
+        time.sleep(window)
+        if (time.process_time() - cpu) / (time.monotonic() - wall) < max_share:
+            return True
+    return False
+
+
 def warm_up_in_background(
     target_url: str, project_dir: Path = PROJECT_DIR, *, delay: float = 0.0
 ) -> threading.Thread:
-    """Run :func:`warm_up` in a daemon thread after ``delay`` seconds; failures are logged.
+    """Run :func:`warm_up` in a daemon thread once the worker is quiet; failures are logged.
 
-    The delay lets a restarted worker first serve the work that waited for it: importing
-    and parsing dbt takes two seconds of CPU (and the GIL) that the first export, hours
-    later, does not need yet.
+    Not before ``delay`` seconds, and then only when the process has a quiet second: importing
+    and parsing dbt takes two seconds of CPU (and the GIL) that the work waiting for the
+    worker - a restart's backlog, ten thousand SLA workflows being armed, escalations - needs
+    now, and the first export, hours later, does not need yet.
     """
 
     def _run() -> None:
         if delay > 0:
             time.sleep(delay)
+        wait_until_quiet()
         try:
             warm_up(target_url, project_dir)
             log.info("dbt ready (project parsed)")

@@ -7,7 +7,7 @@ ended run back into a running one.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from psycopg import sql
@@ -90,6 +90,19 @@ async def upsert_run(
     }
     async with pool.connection() as conn:
         await conn.execute(_UPSERT, params)
+
+
+# Statuses of a run that has started and not ended: their rows get started_at.
+OPEN_STATUSES = frozenset({"running", "started"})
+
+
+async def record(pool: AsyncConnectionPool[Any], rec: RunRecord) -> None:
+    """Write a run's row as its workflow reports it: an open status starts it, others end it."""
+    now = datetime.now(UTC)
+    if rec.status in OPEN_STATUSES:
+        await upsert_run(pool, rec, started_at=now)
+    else:
+        await upsert_run(pool, rec, ended_at=now)
 
 
 async def get_run(pool: AsyncConnectionPool[Any], workflow_id: str) -> dict[str, Any] | None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from opsflow.shared.common import RunRecord
+
 # States of a request's SLA, shown by the ``sla_state`` query, the watchlist and OpsSlaState.
 OK = "ok"
 WATCH = "watch"
@@ -153,6 +155,8 @@ class SlaSync:
     state: str
     escalations: int = 0
     breached_at: str = ""
+    # The run's row of the ``runs`` read model, written in the same step (start and end).
+    run: RunRecord | None = None
 
 
 @dataclass
@@ -197,6 +201,8 @@ class EscalateRequest:
     actor: str
     workflow_id: str
     key: str
+    # The watchlist row after the escalation, written in the same step.
+    sync: SlaSync | None = None
 
 
 @dataclass

@@ -34,9 +34,14 @@ log = structlog.get_logger("opsflow.worker")
 
 
 def build_activities(
-    settings: Settings, ops_pool: Any, app_pool: Any, client: Client | None
+    settings: Settings,
+    ops_pool: Any,
+    app_pool: Any,
+    client: Client | None,
+    sms: SmsGateway | None = None,
 ) -> list[Any]:
     """Every activity callable, with its dependencies injected."""
+    sms = sms or SmsGateway.from_settings(settings)
     mailer = Mailer(SmtpConfig.from_settings(settings))
     s3 = make_s3_client(settings)
     schedules = {
@@ -48,7 +53,7 @@ def build_activities(
     dev_role = DevRoleElevationActivities(app_pool, ops_pool, mailer)
     health = HealthCheckActivities(settings, ops_pool, app_pool, s3, mailer, client, schedules)
     queue = settings.temporal_task_queue
-    sla = SlaEscalationActivities(app_pool, ops_pool, mailer, SmsGateway.from_settings(settings))
+    sla = SlaEscalationActivities(app_pool, ops_pool, mailer, sms)
     sla_reconciler = SlaReconcilerActivities(app_pool, ops_pool, client, queue)
     triage = TriageActivities(app_pool, ops_pool, client, queue)
     return [
@@ -107,7 +112,10 @@ async def run(settings: Settings) -> None:
     app_pool = await open_pool(
         settings.target_database_url.get_secret_value(), name="app", max_size=settings.db_pool_max
     )
-    worker = build_worker(client, settings, build_activities(settings, ops_pool, app_pool, client))
+    sms = SmsGateway.from_settings(settings)
+    worker = build_worker(
+        client, settings, build_activities(settings, ops_pool, app_pool, client, sms)
+    )
     # The audit export's dbt import and project parse (~2 s) happen soon after the start,
     # once the backlog a restart finds is served, and not in the first export.
     dbt.warm_up_in_background(
@@ -126,6 +134,7 @@ async def run(settings: Settings) -> None:
     async with worker:
         await stop.wait()
         log.info("worker stopping gracefully")
+    await sms.aclose()
     await ops_pool.close()
     await app_pool.close()
     log.info("worker stopped")

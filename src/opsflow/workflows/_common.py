@@ -62,6 +62,31 @@ class RunbookWorkflow:
         self._progress = Progress(step=step, done=done, total=total, message=message)
         workflow.set_current_details(f"**{step}** {message}".strip())
 
+    def run_record(
+        self,
+        status: str,
+        inp: Any,
+        *,
+        result: Any = None,
+        failure: str | None = None,
+        figures: dict[str, Any] | None = None,
+        tenant: str = ids.SYSTEM_TENANT,
+    ) -> RunRecord:
+        """Return this run's row of the ``runs`` read model, as of now."""
+        info = workflow.info()
+        return RunRecord(
+            workflow_id=info.workflow_id,
+            run_id=info.run_id,
+            runbook=self.runbook,
+            actor=actor(),
+            status=status,
+            tenant=tenant,
+            input=asdict(inp) if inp is not None else {},
+            result=asdict(result) if result is not None else None,
+            failure=failure,
+            figures=figures or {},
+        )
+
     async def record_run(
         self,
         status: str,
@@ -78,21 +103,11 @@ class RunbookWorkflow:
         ``local=True`` runs it as a local activity: no server task of its own, for workflows
         that start by the thousand (the dev server's SQLite store is the limit).
         """
-        info = workflow.info()
         execute = workflow.execute_local_activity if local else workflow.execute_activity
         await execute(
             "platform.record_run",
-            RunRecord(
-                workflow_id=info.workflow_id,
-                run_id=info.run_id,
-                runbook=self.runbook,
-                actor=actor(),
-                status=status,
-                tenant=tenant,
-                input=asdict(inp) if inp is not None else {},
-                result=asdict(result) if result is not None else None,
-                failure=failure,
-                figures=figures or {},
+            self.run_record(
+                status, inp, result=result, failure=failure, figures=figures, tenant=tenant
             ),
             start_to_close_timeout=BOOKKEEPING_TIMEOUT,
             retry_policy=BOOKKEEPING_RETRY,
