@@ -68,6 +68,7 @@ class FakeSla:
             self.escalations.append(e)
             if e.sync is not None:  # the watchlist row after the escalation, same step
                 self.syncs.append(e.sync)
+            self.notices.extend(e.notices)  # and the supervisors' mail and SMS
 
         @activity.defn(name="sla.add_note")
         async def add_note(n: NoteRequest) -> None:

@@ -219,7 +219,20 @@ class SlaEscalationActivities:
 
     @activity.defn(name="sla.escalate")
     async def escalate(self, req: EscalateRequest) -> None:
-        """Priority critical and expedited, with a timeline entry and an audit event."""
+        """Priority critical and expedited, with a timeline entry and an audit event.
+
+        With ``notices``, the supervisors' mail and SMS go out at the same time as the
+        request change; with ``sync``, the watchlist row is written after it. Every part is
+        idempotent on its own key, so a retry (an SMS gateway that was down) repeats only
+        what did not happen: the request change, the mail and the SMS each happen once.
+        """
+        parts = [self._escalate_request(req), *(self._notify(n) for n in req.notices)]
+        outcomes = await asyncio.gather(*parts, return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+
+    async def _escalate_request(self, req: EscalateRequest) -> None:
         async with self.app.connection() as conn, conn.transaction():
             cur = await conn.execute(
                 "SELECT priority FROM service_requests WHERE id = %s FOR UPDATE",
@@ -304,6 +317,9 @@ class SlaEscalationActivities:
     @activity.defn(name="sla.notify_supervisors")
     async def notify_supervisors(self, n: SupervisorNotice) -> int:
         """Notify the request's department supervisors on one channel; return how many."""
+        return await self._notify(n)
+
+    async def _notify(self, n: SupervisorNotice) -> int:
         emails, phones = await self._supervisors(n.request_id)
         if n.channel == "sms":
             text = f"{n.subject}\n{n.body}"[:480]

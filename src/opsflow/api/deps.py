@@ -243,16 +243,18 @@ class PlatformStore:
         return (time.perf_counter() - t0) * 1000
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
     """Return the app's services (built by the lifespan)."""
     services: Services = request.app.state.services
     return services
 
 
+# The dependencies are coroutines, even those that only return something: FastAPI runs a
+# plain function in its thread pool, a thread hop on every request for each of them.
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-def get_settings_dep(services: ServicesDep) -> Settings:
+async def get_settings_dep(services: ServicesDep) -> Settings:
     """Return the app's settings."""
     return services.settings
 
@@ -262,22 +264,22 @@ async def get_temporal_client(services: ServicesDep) -> Client:
     return await services.temporal.get()
 
 
-def get_store(services: ServicesDep) -> PlatformStore:
+async def get_store(services: ServicesDep) -> PlatformStore:
     """Return the platform store over the app's pools."""
     return PlatformStore(services)
 
 
-def get_metrics(services: ServicesDep) -> ApiMetrics:
+async def get_metrics(services: ServicesDep) -> ApiMetrics:
     """Return the app's metrics."""
     return services.metrics
 
 
-def get_catalog() -> Mapping[str, RunbookSpec]:
+async def get_catalog() -> Mapping[str, RunbookSpec]:
     """Return the runbook catalog (tests override it with their own specs)."""
     return RUNBOOKS
 
 
-def utcnow() -> datetime:
+async def utcnow() -> datetime:
     """Return the current time (a dependency so tests can pin it)."""
     return datetime.now(UTC)
 

@@ -369,7 +369,7 @@ class Stack:
             "--sqlite-pragma", "journal_mode=wal",
             "--sqlite-pragma", "synchronous=normal",
             # Activities scheduled by a workflow task come back to the same worker in the
-            # answer to its completion: no matching round trip (DESIGN.md, "Throughput").
+            # answer to its completion: no matching round trip (docs/architecture.md).
             "--dynamic-config-value", "system.enableActivityEagerExecution=true",
             "--namespace", self._base.temporal_namespace,
             "--log-level", "warn",

@@ -203,6 +203,8 @@ class EscalateRequest:
     key: str
     # The watchlist row after the escalation, written in the same step.
     sync: SlaSync | None = None
+    # The supervisors' notifications, sent by the same step (each idempotent on its own key).
+    notices: list[SupervisorNotice] = field(default_factory=list)
 
 
 @dataclass

@@ -63,6 +63,8 @@ REQUEST_KEY = SearchAttributeKey.for_keyword(ids.SA_REQUEST_ID)
 DEPARTMENT_KEY = SearchAttributeKey.for_keyword(ids.SA_DEPARTMENT)
 
 STEP_TIMEOUT = timedelta(seconds=30)
+# The escalation step sends mail (SMTP timeout 30 s) and SMS (10 s) beside the request change.
+ESCALATE_TIMEOUT = timedelta(seconds=60)
 # Database steps must eventually happen: retry with backoff, without limit.
 DB_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1))
 # A notification that fails is retried and never lost (the ledger makes retries safe).
@@ -71,11 +73,12 @@ NOTIFY_RETRY = RetryPolicy(
 )
 
 
-# Runs that record this marker write their bookkeeping in fewer steps: the runs row with the
-# watchlist row (one local activity where there were two), the watchlist row after an
-# escalation inside ``sla.escalate`` (no local activity after it), and the search attributes
-# in one upsert of only what changed (two upserts before). Histories without it replay the
-# earlier steps, so runs started by an earlier worker carry on unchanged.
+# Runs that record this marker take fewer steps: the runs row with the watchlist row (one
+# local activity where there were two); an escalation is one activity, ``sla.escalate``, that
+# changes the request, writes the watchlist row and sends the mail and the SMS (three
+# activities and a local activity before); search attributes go in one upsert of only what
+# changed (two upserts before). Histories without it replay the earlier steps, so runs started
+# by an earlier worker carry on unchanged.
 LEAN_PATCH = "sla-one-step-bookkeeping"
 
 
@@ -278,32 +281,46 @@ class SlaEscalation(RunbookWorkflow):
                 escalations=len(self._carry.escalations) + 1,
                 breached_at=self._carry.breached_at,
             )
-            # The supervisors hear of it at once: the request change and both notifications
-            # run side by side (each is idempotent on its own key), then the read model.
-            await asyncio.gather(
-                workflow.execute_activity(
-                    "sla.escalate",
-                    EscalateRequest(
-                        request_id=self._request_id,
-                        reason=event.text,
-                        actor=event.actor,
-                        workflow_id=info.workflow_id,
-                        key=key,
-                        sync=after if self._lean else None,
-                    ),
-                    start_to_close_timeout=STEP_TIMEOUT,
-                    retry_policy=DB_RETRY,
-                    summary=f"escalate request {self._request_id}: priority critical, expedited",
-                ),
-                self._notify(
-                    key,
-                    f"[opsflow] ESCALATED: request {self._request_id} (SLA due {self._due})",
-                    f"{event.actor} escalated request {self._request_id}.\n"
-                    f"Reason: {event.text}\nSLA due: {self._due}\n"
-                    "Priority is now critical and the request is expedited.\n",
-                    sms=True,
-                ),
+            subject = f"[opsflow] ESCALATED: request {self._request_id} (SLA due {self._due})"
+            body = (
+                f"{event.actor} escalated request {self._request_id}.\n"
+                f"Reason: {event.text}\nSLA due: {self._due}\n"
+                "Priority is now critical and the request is expedited.\n"
             )
+            request = EscalateRequest(
+                request_id=self._request_id,
+                reason=event.text,
+                actor=event.actor,
+                workflow_id=info.workflow_id,
+                key=key,
+            )
+            if self._lean:
+                # One step: the request change, the watchlist row and both notifications
+                # (each idempotent on its own key, so a retry repeats only what failed).
+                request.sync = after
+                request.notices = self._notices(key, subject, body, sms=True)
+                await workflow.execute_activity(
+                    "sla.escalate",
+                    request,
+                    start_to_close_timeout=ESCALATE_TIMEOUT,
+                    retry_policy=NOTIFY_RETRY,
+                    summary=f"escalate request {self._request_id}: priority critical, "
+                    "expedited, supervisors told by mail and SMS",
+                )
+            else:
+                # Runs started before the patch: the request change and both notifications
+                # as three activities side by side, then the read model.
+                await asyncio.gather(
+                    workflow.execute_activity(
+                        "sla.escalate",
+                        request,
+                        start_to_close_timeout=STEP_TIMEOUT,
+                        retry_policy=DB_RETRY,
+                        summary=f"escalate request {self._request_id}: priority critical, "
+                        "expedited",
+                    ),
+                    self._notify(key, subject, body, sms=True),
+                )
             self._carry.escalations.append(
                 SlaEscalationRecord(reason=event.text, actor=event.actor, at=now)
             )
@@ -342,25 +359,30 @@ class SlaEscalation(RunbookWorkflow):
             await self._sync()
             self._publish()
 
+    def _notices(self, key: str, subject: str, body: str, *, sms: bool) -> list[SupervisorNotice]:
+        return [
+            SupervisorNotice(
+                request_id=self._request_id,
+                channel=channel,
+                idempotency_key=f"{key}/{channel}",
+                subject=subject,
+                body=body,
+            )
+            for channel in (["mail", "sms"] if sms else ["mail"])
+        ]
+
     async def _notify(self, key: str, subject: str, body: str, *, sms: bool) -> None:
-        channels = ["mail", "sms"] if sms else ["mail"]
         await asyncio.gather(
             *(
                 workflow.execute_activity(
                     "sla.notify_supervisors",
-                    SupervisorNotice(
-                        request_id=self._request_id,
-                        channel=channel,
-                        idempotency_key=f"{key}/{channel}",
-                        subject=subject,
-                        body=body,
-                    ),
+                    notice,
                     result_type=int,
                     start_to_close_timeout=STEP_TIMEOUT,
                     retry_policy=NOTIFY_RETRY,
-                    summary=f"notify supervisors by {channel}",
+                    summary=f"notify supervisors by {notice.channel}",
                 )
-                for channel in channels
+                for notice in self._notices(key, subject, body, sms=sms)
             )
         )
 
