@@ -17,11 +17,17 @@ On a private stack (see :func:`bench.bench_api_start.bench_stack`):
    call's own latency (the API's overhead on a signal).
 4. **Restart**: the worker is stopped gracefully, 100 escalations are sent through the API,
    the worker starts again: time from its start until the 100th mail is in the sink.
+5. **Server floor**: what the dev server alone costs per start, for scale. The bench process
+   runs a worker of an empty workflow (one timer, nothing else) and starts ``FLOOR_STARTS``
+   of them with a bare client, 20 at a time: starts per second until each has had its first
+   workflow task, and the server's CPU seconds per start (``/proc``), beside the server's CPU
+   per workflow while each side armed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import statistics
 import time
@@ -34,7 +40,9 @@ from typing import Any
 
 import httpx
 import psycopg
+from temporalio import workflow
 from temporalio.client import Client
+from temporalio.worker import Worker
 
 from opsflow.activities.sla_escalation import signal_with_start
 from opsflow.dev.stack import Stack
@@ -42,6 +50,58 @@ from opsflow.shared import ids
 from opsflow.shared.sla_escalation import EscalateSignal
 
 CONCURRENCY = 20
+FLOOR_STARTS = 2_000
+_FLOOR_SEEN: set[str] = set()
+
+
+@workflow.defn(name="bench-empty-timer", sandboxed=False)
+class EmptyTimer:
+    """The least a workflow can be: started, one timer. The server-floor reference."""
+
+    @workflow.run
+    async def run(self) -> None:
+        """Note the first task (bench bookkeeping, in this process), then sleep on a timer."""
+        if not workflow.unsafe.is_replaying():
+            _FLOOR_SEEN.add(workflow.info().workflow_id)
+        await workflow.sleep(timedelta(days=7))
+
+
+def _cpu_seconds(pid: int | None) -> float:
+    """CPU seconds (user + system) a process has used so far."""
+    if pid is None:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _server_floor(stack: Stack, client: Client, n: int) -> dict[str, float]:
+    """Start ``n`` empty workflows with a bare client; starts/s and server CPU ms per start."""
+    queue = "bench-floor"
+    pid = stack.temporal.pid if stack.temporal else None
+    gate = asyncio.Semaphore(CONCURRENCY)
+
+    async def start(i: int) -> None:
+        async with gate:
+            await client.start_workflow(EmptyTimer.run, id=f"bench-floor-{i}", task_queue=queue)
+
+    async with Worker(
+        client,
+        task_queue=queue,
+        workflows=[EmptyTimer],
+        max_concurrent_workflow_task_polls=20,
+        nonsticky_to_sticky_poll_ratio=0.5,
+    ):
+        cpu0, t0 = _cpu_seconds(pid), time.monotonic()
+        await asyncio.gather(*(start(i) for i in range(n)))
+        while len(_FLOOR_SEEN) < n and time.monotonic() - t0 < 600:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        seconds = time.monotonic() - t0
+        cpu = _cpu_seconds(pid) - cpu0
+    return {
+        "starts": n,
+        "per_second": round(n / seconds, 1),
+        "server_cpu_ms_per_start": round(cpu / n * 1000, 1),
+    }
 
 
 @dataclass
@@ -236,6 +296,8 @@ async def _run(stack: Stack, n: int, sample: int, tokens: dict[str, str]) -> dic
 
     async with httpx.AsyncClient(base_url=stack.api_url, timeout=600) as api:
         # ---- arm: opsflow's reconciler
+        server_pid = stack.temporal.pid if stack.temporal else None
+        cpu0 = _cpu_seconds(server_pid)
         t0 = time.monotonic()
         r = await api.post(
             "/runbooks/sla-reconciler/runs",
@@ -249,7 +311,9 @@ async def _run(stack: Stack, n: int, sample: int, tokens: dict[str, str]) -> dic
             await asyncio.sleep(0.5)
         ops.start_seconds = time.monotonic() - t0
         ops.armed_seconds = await asyncio.to_thread(_wait_armed, ops_url, ops.request_ids, t0, 1800)
+        ops_server_cpu = _cpu_seconds(server_pid) - cpu0
         # ---- arm: baseline, bare client starts of the same workflows
+        cpu0 = _cpu_seconds(server_pid)
         t0 = time.monotonic()
         gate = asyncio.Semaphore(CONCURRENCY)
 
@@ -265,6 +329,7 @@ async def _run(stack: Stack, n: int, sample: int, tokens: dict[str, str]) -> dic
         base.armed_seconds = await asyncio.to_thread(
             _wait_armed, ops_url, base.request_ids, t0, 1800
         )
+        base_server_cpu = _cpu_seconds(server_pid) - cpu0
         report["arm"] = {
             "opsflow": {
                 "starts_accepted_s": round(ops.start_seconds, 1),
@@ -275,6 +340,10 @@ async def _run(stack: Stack, n: int, sample: int, tokens: dict[str, str]) -> dic
                 "armed_s": round(base.armed_seconds, 1),
             },
             "ratio_armed": round(ops.armed_seconds / base.armed_seconds, 2),
+            "server_cpu_ms_per_workflow": {
+                "opsflow": round(ops_server_cpu / n * 1000, 1),
+                "baseline": round(base_server_cpu / n * 1000, 1),
+            },
         }
         report["memory_mb"] = {
             "worker_rss": _rss_mb(stack.worker.pid if stack.worker else None),
@@ -339,6 +408,8 @@ async def _run(stack: Stack, n: int, sample: int, tokens: dict[str, str]) -> dic
         "served": len(done),
         "seconds_to_last_mail": round(max(done) - t_start, 2) if done else None,
     }
+    # ---- for scale: the dev server's own cost of a start (an empty workflow)
+    report["server_floor"] = await _server_floor(stack, client, min(n, FLOOR_STARTS))
     return report
 
 
@@ -397,6 +468,25 @@ def rows_for_table(out: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 f"overhead {o['call']['p99_ms'] - b['call']['p99_ms']:+.1f} ms",
             )
         )
+    cpu = arm["server_cpu_ms_per_workflow"]
+    rows.append(
+        (
+            "  Temporal CPU per workflow armed",
+            f"{cpu['opsflow']} ms",
+            f"{cpu['baseline']} ms",
+            "",
+        )
+    )
+    floor = out["server_floor"]
+    rows.append(
+        (
+            f"  server floor: {floor['starts']:,} empty workflows",
+            f"{floor['per_second']}/s",
+            f"{floor['server_cpu_ms_per_start']} ms CPU",
+            f"{out['requests_per_side'] / floor['per_second']:.0f} s for "
+            f"{out['requests_per_side']:,} at that rate",
+        )
+    )
     rs = out["restart"]
     rows.append(
         (

@@ -164,7 +164,12 @@ async def authenticate(pool: AsyncConnectionPool[Any], token: str) -> TokenInfo 
     """
     if not token.startswith(TOKEN_PREFIX) or len(token) > 200:
         return None
-    async with pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+    # Pipelined: the transaction's BEGIN goes out with the query (one round trip, not two).
+    async with (
+        pool.connection() as conn,
+        conn.pipeline(),
+        conn.cursor(row_factory=dict_row) as cur,
+    ):
         await cur.execute(
             f"SELECT {_COLUMNS}, (last_used_at IS NULL"
             f" OR last_used_at < now() - interval '{_LAST_USED_GRANULARITY}') AS stale"
