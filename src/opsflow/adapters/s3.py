@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import threading
+from typing import TYPE_CHECKING, Any, cast
 
 import boto3
 from botocore.config import Config
@@ -29,6 +30,34 @@ def make_s3_client(settings: Settings) -> S3Client:
             read_timeout=30,
         ),
     )
+
+
+class _LazyS3Client:
+    """Stands in for the S3 client and builds it on first use, once, from any thread.
+
+    Building a boto3 client loads the S3 service model: a fifth of a second of a worker's
+    start, which a restarted worker's backlog of escalations, needing no S3, should not wait
+    for.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._client: S3Client | None = None
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name: str) -> Any:
+        client = self._client
+        if client is None:
+            with self._lock:
+                if self._client is None:
+                    self._client = make_s3_client(self._settings)
+                client = self._client
+        return getattr(client, name)
+
+
+def lazy_s3_client(settings: Settings) -> S3Client:
+    """Return an S3 client that is built when first used (see :class:`_LazyS3Client`)."""
+    return cast("S3Client", _LazyS3Client(settings))
 
 
 # The dev stack's readiness probe keeps one tiny object per bucket under this prefix.

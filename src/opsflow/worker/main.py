@@ -23,7 +23,7 @@ from opsflow.activities.triage_assignment import TriageActivities
 from opsflow.adapters import dbt
 from opsflow.adapters.mail import Mailer, SmtpConfig
 from opsflow.adapters.postgres import open_pool
-from opsflow.adapters.s3 import make_s3_client
+from opsflow.adapters.s3 import lazy_s3_client
 from opsflow.adapters.sms import SmsGateway
 from opsflow.catalog import ALL_WORKFLOWS, RUNBOOKS
 from opsflow.config import Settings, load_settings
@@ -43,7 +43,7 @@ def build_activities(
     """Every activity callable, with its dependencies injected."""
     sms = sms or SmsGateway.from_settings(settings)
     mailer = Mailer(SmtpConfig.from_settings(settings))
-    s3 = make_s3_client(settings)
+    s3 = lazy_s3_client(settings)
     schedules = {
         spec.schedule.id: spec.schedule.interval or timedelta(days=1)
         for spec in RUNBOOKS.values()
