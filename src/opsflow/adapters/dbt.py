@@ -186,17 +186,18 @@ def warm_up(target_url: str, project_dir: Path = PROJECT_DIR) -> None:
 
 
 def wait_until_quiet(
-    max_share: float = 0.25, window: float = 1.0, give_up_after: float = 600.0
+    max_share: float = 0.25, window: float = 1.0, give_up_after: float | None = None
 ) -> bool:
     """Block until this process used under ``max_share`` of a core for a whole ``window``.
 
     Returns:
-        True when the process was quiet, False when it stayed busy for ``give_up_after``
-        seconds (the caller goes ahead anyway).
+        True when the process was quiet; False when ``give_up_after`` seconds passed first
+        (without it, the wait has no end: a worker that is never quiet parses dbt in its
+        first export instead, rather than in the middle of its work).
 
     """
-    deadline = time.monotonic() + give_up_after
-    while time.monotonic() < deadline:
+    deadline = None if give_up_after is None else time.monotonic() + give_up_after
+    while deadline is None or time.monotonic() < deadline:
         cpu, wall = time.process_time(), time.monotonic()
         time.sleep(window)
         if (time.process_time() - cpu) / (time.monotonic() - wall) < max_share:
