@@ -168,12 +168,11 @@ class SlaEscalation(RunbookWorkflow):
             # Signals received before the previous run continued as new come first.
             self._events = list(inp.carry.pending) + self._events
             self._carry.pending = []
+        self._carry.generation = inp.carry.generation + 1 if inp.carry else 0
         if self._lean:
-            self._carry.generation = inp.carry.generation + 1 if inp.carry else 0
             facts = await self._sync(run=self.run_record("running", inp))
         else:
             await self.record_run("running", inp, local=True)
-            self._carry.generation = inp.carry.generation + 1 if inp.carry else 0
             facts = await self._sync()
         if not facts.exists or facts.status in ("resolved", "closed"):
             return await self._finish(inp, f"request {facts.status or 'missing'}")
@@ -272,15 +271,6 @@ class SlaEscalation(RunbookWorkflow):
         now = workflow.now().isoformat()
         if event.kind == "escalate":
             key = f"{info.workflow_id}/escalate/{event.seq}"
-            # The watchlist row as it will be, written by the escalation step itself.
-            after = SlaSync(
-                request_id=self._request_id,
-                workflow_id=info.workflow_id,
-                due_at=self._due,
-                state=ESCALATED,
-                escalations=len(self._carry.escalations) + 1,
-                breached_at=self._carry.breached_at,
-            )
             subject = f"[opsflow] ESCALATED: request {self._request_id} (SLA due {self._due})"
             body = (
                 f"{event.actor} escalated request {self._request_id}.\n"
@@ -297,7 +287,14 @@ class SlaEscalation(RunbookWorkflow):
             if self._lean:
                 # One step: the request change, the watchlist row and both notifications
                 # (each idempotent on its own key, so a retry repeats only what failed).
-                request.sync = after
+                request.sync = SlaSync(  # the watchlist row as it will be afterwards
+                    request_id=self._request_id,
+                    workflow_id=info.workflow_id,
+                    due_at=self._due,
+                    state=ESCALATED,
+                    escalations=len(self._carry.escalations) + 1,
+                    breached_at=self._carry.breached_at,
+                )
                 request.notices = self._notices(key, subject, body, sms=True)
                 await workflow.execute_activity(
                     "sla.escalate",
