@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from temporalio import activity
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowHandle
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
@@ -197,6 +198,21 @@ async def test_escalate_notifies_by_mail_and_sms_once(sla: Harness) -> None:
     await handle.signal(SlaEscalation.request_resolved, ResolvedSignal())
     result: SlaEscalationResult = await handle.result()
     assert result.escalations == 1 and not result.breached
+    # One workflow task per signal: the escalation is a local activity (a marker, no
+    # activity task), and the watch deadline's timer outlives the signal; it is cancelled
+    # once, at the end.
+    events = (await handle.fetch_history()).events
+    kinds = [EventType.Name(e.event_type).removeprefix("EVENT_TYPE_") for e in events]
+    assert "ACTIVITY_TASK_SCHEDULED" not in kinds
+    assert kinds.count("TIMER_STARTED") == 1 and kinds.count("TIMER_CANCELED") == 1
+    last_signal = len(kinds) - 1 - kinds[::-1].index("WORKFLOW_EXECUTION_SIGNALED")
+    assert kinds.index("TIMER_CANCELED") > last_signal  # request_resolved cancelled it
+    local = [
+        e.marker_recorded_event_attributes.details["data"].payloads[0].data
+        for e in events
+        if e.marker_recorded_event_attributes.marker_name == "core_local_activity"
+    ]
+    assert sum(b'"sla.escalate"' in d for d in local) == 1
 
 
 async def test_resolved_before_breach_means_no_breach_action(sla: Harness) -> None:
@@ -249,8 +265,17 @@ async def test_continue_as_new_keeps_state_and_signals(sla_alone: Harness, notes
     sla = sla_alone
     handle = await sla.start(timedelta(hours=60), max_history_events=20)
     await handle.signal(SlaEscalation.escalate, EscalateSignal(reason="urgent", actor="token:s"))
-    # A burst: some notes land while the run is continuing as new.
-    for i in range(notes):
+    # The first half of the notes takes the history past the limit (a run checks it when a
+    # workflow task starts; several signals can be handled in one task) ...
+    half = notes // 2
+    for i in range(half):
+        await handle.signal(SlaEscalation.add_note, NoteSignal(text=f"note {i}", actor="token:o"))
+    for _ in range(200):
+        if len(sla.fake.notes) == half:
+            break
+        await asyncio.sleep(0.05)
+    # ... then a burst: some notes land while the run is continuing as new.
+    for i in range(half, notes):
         await handle.signal(SlaEscalation.add_note, NoteSignal(text=f"note {i}", actor="token:o"))
     # Wait on the activities' side, not with queries: a query that reaches a run in the
     # instant it continues as new can hold the test server's time skipping for a minute.
