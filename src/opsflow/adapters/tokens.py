@@ -164,12 +164,19 @@ async def authenticate(pool: AsyncConnectionPool[Any], token: str) -> TokenInfo 
     """
     if not token.startswith(TOKEN_PREFIX) or len(token) > 200:
         return None
-    # Pipelined: the transaction's BEGIN goes out with the query (one round trip, not two).
-    async with (
-        pool.connection() as conn,
-        conn.pipeline(),
-        conn.cursor(row_factory=dict_row) as cur,
-    ):
+    # In autocommit: one round trip for the read (no BEGIN/COMMIT around it), and the rare
+    # update of last_used_at commits on its own. The connection goes back as it came.
+    async with pool.connection() as conn:
+        await conn.set_autocommit(True)
+        try:
+            return await _lookup(conn, token)
+        finally:
+            if not conn.closed:  # a broken connection is dropped by the pool anyway
+                await conn.set_autocommit(False)
+
+
+async def _lookup(conn: psycopg.AsyncConnection[Any], token: str) -> TokenInfo | None:
+    async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(
             f"SELECT {_COLUMNS}, (last_used_at IS NULL"
             f" OR last_used_at < now() - interval '{_LAST_USED_GRANULARITY}') AS stale"
