@@ -284,6 +284,12 @@ async def test_continue_as_new_keeps_state_and_signals(sla_alone: Harness, notes
         if len(sla.fake.notes) == notes and "continued_as_new" in ran:
             break
         await asyncio.sleep(0.05)
+    # The runs row comes just before the continue-as-new itself: query once the new run is
+    # there (describe, unlike a query, never holds time skipping).
+    for _ in range(200):
+        if (await handle.describe()).run_id != handle.result_run_id:
+            break
+        await asyncio.sleep(0.05)
     state = await sla.settle(handle, "escalated")
     for _ in range(100):
         if len(state.notes) == notes:
