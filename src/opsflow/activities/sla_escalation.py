@@ -226,7 +226,14 @@ class SlaEscalationActivities:
         idempotent on its own key, so a retry (an SMS gateway that was down) repeats only
         what did not happen: the request change, the mail and the SMS each happen once.
         """
-        parts = [self._escalate_request(req), *(self._notify(n) for n in req.notices)]
+        # One lookup of the supervisors for both notices (mail and SMS go to the same people).
+        supervisors = (
+            asyncio.ensure_future(self._supervisors(req.request_id)) if req.notices else None
+        )
+        parts = [
+            self._escalate_request(req),
+            *(self._notify(n, supervisors) for n in req.notices),
+        ]
         outcomes = await asyncio.gather(*parts, return_exceptions=True)
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
@@ -319,8 +326,12 @@ class SlaEscalationActivities:
         """Notify the request's department supervisors on one channel; return how many."""
         return await self._notify(n)
 
-    async def _notify(self, n: SupervisorNotice) -> int:
-        emails, phones = await self._supervisors(n.request_id)
+    async def _notify(
+        self,
+        n: SupervisorNotice,
+        supervisors: asyncio.Future[tuple[list[str], list[str]]] | None = None,
+    ) -> int:
+        emails, phones = await (supervisors or self._supervisors(n.request_id))
         if n.channel == "sms":
             text = f"{n.subject}\n{n.body}"[:480]
             await deliver_sms(self.ops, self.sms, n.idempotency_key, phones, text)
