@@ -331,7 +331,8 @@ class SlaEscalationActivities:
         n: SupervisorNotice,
         supervisors: asyncio.Future[tuple[list[str], list[str]]] | None = None,
     ) -> int:
-        emails, phones = await (supervisors or self._supervisors(n.request_id))
+        lookup = supervisors if supervisors is not None else self._supervisors(n.request_id)
+        emails, phones = await lookup
         if n.channel == "sms":
             text = f"{n.subject}\n{n.body}"[:480]
             await deliver_sms(self.ops, self.sms, n.idempotency_key, phones, text)
