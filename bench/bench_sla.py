@@ -195,27 +195,31 @@ def _wait_armed(ops_url: str, ids_: list[int], t0: float, timeout: float) -> flo
 DBT_WARM_UP_DONE = (b"dbt ready (project parsed)", b"dbt warm-up failed")
 
 
-def _dbt_warm_ups(stack: Stack) -> int:
-    """How many times the worker's log says a one-time dbt warm-up finished."""
-    assert stack.worker is not None
-    path = stack.worker.log_path
-    text = path.read_bytes() if path.exists() else b""
-    return sum(text.count(line) for line in DBT_WARM_UP_DONE)
+def _worker_log_size(stack: Stack) -> int:
+    """Bytes in the worker's log so far (a later warm-up's line comes after them)."""
+    path = stack.worker.log_path if stack.worker is not None else None
+    return path.stat().st_size if path is not None and path.exists() else 0
 
 
-async def _wait_dbt_warm(stack: Stack, seen_before: int, limit: float = 300) -> float:
-    """Wait until the worker (started after ``seen_before`` warm-ups) has warmed up dbt.
+async def _wait_dbt_warm(stack: Stack, log_offset: int, limit: float = 300) -> float:
+    """Wait until the worker's log, after ``log_offset``, says its dbt warm-up is over.
 
     A worker imports and parses dbt once, in a thread, at its first quiet second 20 s after
     it starts (``WORKER_DBT_WARMUP_DELAY``): several seconds of CPU and the GIL. The bench
     lets that happen before it measures, so a one-time start-up cost does not land in the
-    middle of one side's figures. Returns the seconds waited.
+    middle of one side's figures. Only new bytes of the log are read. Returns the seconds
+    waited.
     """
+    assert stack.worker is not None
     t0 = time.monotonic()
-    while _dbt_warm_ups(stack) <= seen_before:
+    seen = b""
+    while not any(line in seen for line in DBT_WARM_UP_DONE):
         if time.monotonic() - t0 > limit:
             raise TimeoutError(f"the worker did not warm up dbt within {limit:.0f} s")
         await asyncio.sleep(0.5)
+        with stack.worker.log_path.open("rb") as log:
+            log.seek(log_offset + len(seen))
+            seen += log.read()
     return time.monotonic() - t0
 
 
@@ -310,14 +314,14 @@ async def _escalate_all(
 
 
 async def _run(
-    stack: Stack, n: int, sample: int, tokens: dict[str, str], warm_ups_before: int
+    stack: Stack, n: int, sample: int, tokens: dict[str, str], log_offset: int
 ) -> dict[str, Any]:
     assert stack.database is not None and stack.settings is not None
     app_url = stack.database.target_database_url
     ops_url = stack.database.database_admin_url
     mails = MailWatch(stack, asyncio.get_running_loop())
     report: dict[str, Any] = {"requests_per_side": n, "sample_per_side": sample}
-    report["dbt_warm_up_wait_s"] = round(await _wait_dbt_warm(stack, warm_ups_before), 1)
+    report["dbt_warm_up_wait_s"] = round(await _wait_dbt_warm(stack, log_offset), 1)
     ops, base = _seed(app_url, "ops", n), _seed(app_url, "base", n)
     admin = {"Authorization": f"Bearer {tokens['admin']}"}
     sup = {"Authorization": f"Bearer {tokens['supervisor']}"}
@@ -431,7 +435,7 @@ async def _run(
                 f"/sla/requests/{rid}/escalate", headers=sup, json={"reason": "bench restart"}
             )
             resp.raise_for_status()
-    warm_ups_before = _dbt_warm_ups(stack)
+    log_offset = _worker_log_size(stack)
     t_start = time.time()
     stack.restart_worker(wait=False)
     times = await mails.wait_all(pending, 120)
@@ -443,7 +447,7 @@ async def _run(
     }
     # ---- for scale: the dev server's own cost of a start (an empty workflow), once the
     # restarted worker's dbt warm-up is over
-    await _wait_dbt_warm(stack, warm_ups_before)
+    await _wait_dbt_warm(stack, log_offset)
     report["server_floor"] = await _server_floor(stack, client, min(n, FLOOR_STARTS))
     return report
 
@@ -451,14 +455,14 @@ async def _run(
 def run(stack: Stack, n: int = 10_000, sample: int = 500) -> dict[str, Any]:
     """Run the SLA bench on ``stack``; return its figures."""
     # The start bench leaves the worker stopped (its quiet phase).
-    warm_ups_before = 0
+    log_offset = 0  # a worker running since the stack started: its whole log counts
     if stack.worker is None or not stack.worker.running():
-        warm_ups_before = _dbt_warm_ups(stack) if stack.worker is not None else 0
+        log_offset = _worker_log_size(stack)
         stack.restart_worker()
     tokens = {
         role: stack.make_token(role, name=f"bench-sla-{role}") for role in ("admin", "supervisor")
     }
-    return asyncio.run(_run(stack, n, sample, tokens, warm_ups_before))
+    return asyncio.run(_run(stack, n, sample, tokens, log_offset))
 
 
 def rows_for_table(out: dict[str, Any]) -> list[tuple[str, str, str, str]]:

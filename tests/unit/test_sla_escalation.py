@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -260,6 +260,16 @@ async def test_already_resolved_request_ends_at_once(sla: Harness) -> None:
     assert sla.fake.breaches == []
 
 
+async def _until(ok: Callable[[], bool | Awaitable[bool]], seconds: float = 10) -> None:
+    """Wait (real time, up to ``seconds``) until ``ok()`` holds; the asserts that follow say
+    what did not happen."""
+    for _ in range(int(seconds / 0.05)):
+        result = ok()
+        if await result if isinstance(result, Awaitable) else result:
+            return
+        await asyncio.sleep(0.05)
+
+
 @pytest.mark.parametrize("notes", [12])
 async def test_continue_as_new_keeps_state_and_signals(sla_alone: Harness, notes: int) -> None:
     sla = sla_alone
@@ -270,26 +280,24 @@ async def test_continue_as_new_keeps_state_and_signals(sla_alone: Harness, notes
     half = notes // 2
     for i in range(half):
         await handle.signal(SlaEscalation.add_note, NoteSignal(text=f"note {i}", actor="token:o"))
-    for _ in range(200):
-        if len(sla.fake.notes) == half:
-            break
-        await asyncio.sleep(0.05)
+    await _until(lambda: len(sla.fake.notes) == half)
     # ... then a burst: some notes land while the run is continuing as new.
     for i in range(half, notes):
         await handle.signal(SlaEscalation.add_note, NoteSignal(text=f"note {i}", actor="token:o"))
     # Wait on the activities' side, not with queries: a query that reaches a run in the
     # instant it continues as new can hold the test server's time skipping for a minute.
-    for _ in range(200):
-        ran = [r.status for r in sla.fake.runs]
-        if len(sla.fake.notes) == notes and "continued_as_new" in ran:
-            break
-        await asyncio.sleep(0.05)
+    await _until(
+        lambda: (
+            len(sla.fake.notes) == notes and "continued_as_new" in [r.status for r in sla.fake.runs]
+        )
+    )
+
     # The runs row comes just before the continue-as-new itself: query once the new run is
     # there (describe, unlike a query, never holds time skipping).
-    for _ in range(200):
-        if (await handle.describe()).run_id != handle.result_run_id:
-            break
-        await asyncio.sleep(0.05)
+    async def new_run() -> bool:
+        return (await handle.describe()).run_id != handle.result_run_id
+
+    await _until(new_run)
     state = await sla.settle(handle, "escalated")
     for _ in range(100):
         if len(state.notes) == notes:
