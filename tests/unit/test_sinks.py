@@ -223,17 +223,17 @@ def test_mail_sink_tells_listeners_of_each_stored_message_once(
 async def test_sms_gateway_keeps_one_client_per_event_loop(
     sinks: tuple[MailSink, HttpSink, str],
 ) -> None:
-    """The gateway builds its HTTP client once, not per SMS, and closes it when told."""
+    """The gateway builds its HTTP session once, not per SMS, and closes it when told."""
     _mail, http, url = sinks
     gateway = SmsGateway(url=f"{url}/sms", token="s3cret-token")
     assert await gateway.post("gw-1", ["+15550001"], "first") is False
-    client = gateway._client()
+    session = gateway._session()
     assert await gateway.post("gw-2", ["+15550001"], "second") is False
-    assert gateway._client() is client  # the same client carried the second message
+    assert gateway._session() is session  # the same session carried the second message
     assert await gateway.post("gw-1", ["+15550001"], "first") is True  # the sink's dedup
     assert [e["idempotency_key"] for e in read_envelopes(http.folder)] == ["gw-1", "gw-2"]
     await gateway.aclose()
-    assert client.is_closed
-    assert await gateway.post("gw-3", ["+15550001"], "after close") is False  # a new client
-    assert gateway._client() is not client
+    assert session.closed
+    assert await gateway.post("gw-3", ["+15550001"], "after close") is False  # a new session
+    assert gateway._session() is not session
     await gateway.aclose()
