@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import io
+from email import policy
+from email.generator import BytesGenerator
+from email.header import Header
+from email.message import EmailMessage, Message
+from email.parser import BytesParser
+
 from opsflow.adapters.mail import Mailer, SmtpConfig, message_id
 from opsflow.config import Settings
 from opsflow.shared.common import MailMessage
@@ -37,3 +44,34 @@ def test_password_stays_out_of_repr() -> None:
     cfg = SmtpConfig.from_settings(Settings(_env_file=None, smtp_password="hunter2"))  # type: ignore[arg-type]
     assert cfg.password == "hunter2"
     assert "hunter2" not in repr(cfg)
+
+
+def _wire(em: Message[str, str | Header]) -> EmailMessage:
+    """The message as smtplib sends it, parsed back as a mail client would."""
+    out = io.BytesIO()
+    BytesGenerator(out, policy=em.policy.clone(linesep="\r\n")).flatten(em)
+    parsed = BytesParser(policy=policy.default).parsebytes(out.getvalue())
+    assert isinstance(parsed, EmailMessage)
+    return parsed
+
+
+def test_non_ascii_subject_and_body_arrive_intact() -> None:
+    em = _mailer().build(
+        MailMessage("k/1", ["a@example.com"], "Eskaliert — Straße 5", "Grüße\nZeile 2"),
+        ["a@example.com", "b@example.com"],
+    )
+    got = _wire(em)
+    assert got["Subject"] == "Eskaliert — Straße 5"
+    assert got.get_content().splitlines() == ["Grüße", "Zeile 2"]
+    assert got["To"] == "a@example.com, b@example.com"
+    assert got["Message-ID"] == message_id("k/1")
+
+
+def test_a_line_break_in_the_subject_cannot_add_a_header() -> None:
+    em = _mailer().build(
+        MailMessage("k/2", ["a@example.com"], "hello\r\nBcc: evil@example.com", "body"),
+        ["a@example.com"],
+    )
+    got = _wire(em)
+    assert got["Bcc"] is None
+    assert got["Subject"] == "hello Bcc: evil@example.com"

