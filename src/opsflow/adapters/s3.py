@@ -38,8 +38,8 @@ class _LazyS3Client:
     """Stands in for the S3 client and builds it on first use, once, from any thread.
 
     Importing boto3 and building a client (the S3 service model) take a third of a second
-    of a worker's start, which a restarted worker's backlog of escalations, needing no S3, should not wait
-    for.
+    of a worker's start, which a restarted worker's backlog of escalations, needing no S3,
+    should not wait for.
     """
 
     def __init__(self, settings: Settings) -> None:
