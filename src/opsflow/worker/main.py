@@ -138,12 +138,20 @@ def build_worker(client: Client, settings: Settings, activities: Sequence[Any]) 
 async def run(settings: Settings) -> None:
     """Connect, serve until SIGTERM/SIGINT, then shut down gracefully."""
     runtime = metrics_runtime(f"127.0.0.1:{settings.worker_metrics_port}")
-    client = await connect(settings, runtime=runtime)
-    ops_pool = await open_pool(
-        settings.database_url.get_secret_value(), name="opsflow", max_size=settings.db_pool_max
-    )
-    app_pool = await open_pool(
-        settings.target_database_url.get_secret_value(), name="app", max_size=settings.db_pool_max
+    # The three connections at once: a restarted worker's backlog waits for the slowest, not
+    # for the sum.
+    client, ops_pool, app_pool = await asyncio.gather(
+        connect(settings, runtime=runtime),
+        open_pool(
+            settings.database_url.get_secret_value(),
+            name="opsflow",
+            max_size=settings.db_pool_max,
+        ),
+        open_pool(
+            settings.target_database_url.get_secret_value(),
+            name="app",
+            max_size=settings.db_pool_max,
+        ),
     )
     sms = SmsGateway.from_settings(settings)
     worker = build_worker(
