@@ -32,12 +32,12 @@ def serve(settings: Settings) -> int:
         http="httptools",
         timeout_graceful_shutdown=10,
     )
-    config.load()  # imports the loop and protocol modules now, so the freeze below has them
-    # Modules, the app and its routes live as long as the process: out of the collector's full
-    # passes, which would walk all of it mid-request (about 0.1 s each in the worker).
-    gc.freeze()
     server = uvicorn.Server(config)
     try:
+        config.load()  # imports the loop and protocol modules now, so the freeze has them
+        # Modules, the app and its routes live as long as the process: out of the collector's
+        # full passes, which would walk all of it mid-request (about 0.1 s each in the worker).
+        gc.freeze()
         server.run()
     except SystemExit as exc:  # uvicorn exits this way when it cannot bind
         return exc.code if isinstance(exc.code, int) else 1
