@@ -92,6 +92,32 @@ async def test_append_joins_the_callers_transaction(pool: Pool) -> None:
         assert (await audit.verify_chain(conn)).ok
 
 
+async def test_record_once_writes_a_key_once_and_returns_the_stored_row(pool: Pool) -> None:
+    """Retried activities: attempts racing with one key write one row; the record is the row."""
+
+    def event(workflow_id: str) -> AuditEventIn:
+        return AuditEventIn(
+            "worker", "test.once", "request:1", details={"n": 1}, workflow_id=workflow_id
+        )
+
+    appended = await asyncio.gather(
+        *(audit.record_event_once(pool, event("wf-once"), "k-1") for _ in range(WRITERS))
+    )
+    assert sorted(appended) == [False] * (WRITERS - 1) + [True]
+    assert await audit.record_event_once(pool, event("wf-other"), "k-1")  # another workflow
+    assert not await audit.record_event_once(pool, event("wf-other"), "k-1")
+
+    record = await audit.record_event(pool, AuditEventIn("t", "test.returned", "x", "denied"))
+    async with pool.connection() as conn:
+        rows = await audit.query_events(conn, action="test.once", after_id=0)
+        assert [(r.workflow_id, r.details) for r in rows] == [
+            ("wf-once", {"n": 1, "key": "k-1"}),
+            ("wf-other", {"n": 1, "key": "k-1"}),
+        ]
+        assert await audit.query_events(conn, after_id=record.id - 1, limit=1) == [record]
+        assert (await audit.verify_chain(conn)).ok
+
+
 async def test_query_filters_and_paging(pool: Pool) -> None:
     async with pool.connection() as conn:
         tail = await audit.query_events(conn, actor="writer:3", limit=5)

@@ -11,10 +11,13 @@ import pytest
 
 from opsflow.adapters.audit import (
     GENESIS_HASH,
+    _fragments,
     _normalise_details,
+    _utc_iso,
     canonical_bytes,
     compute_hash,
 )
+from opsflow.shared.common import AuditEventIn
 
 ROW: dict[str, Any] = {
     "id": 7,
@@ -95,3 +98,37 @@ def test_details_normalised_like_a_jsonb_round_trip() -> None:
     assert json.loads(json.dumps(out)) == out
     with pytest.raises(ValueError):
         _normalise_details({"x": "a\x00b"})
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},
+        {"workflow_id": None, "run_id": "r-1", "outcome": "denied"},
+        {"actor": 'quote " and \\ backslash', "target": "line\nbreak\ttab"},
+        {"details": {}, "action": "ünïcode ✓ 名前", "target": "emoji 🚀"},
+        {"details": {"nested": {"z": [1, {"b": 2, "a": 1}], "a": None}, "big": 10**20}},
+    ],
+)
+def test_fragments_join_to_the_canonical_bytes(changes: dict[str, Any]) -> None:
+    """What the database function hashes is exactly what verify_chain recomputes.
+
+    ``opsflow_audit_append`` joins the fragments with the id, the time (to_char, microseconds,
+    UTC) and the previous hash; the join must equal canonical_bytes of the stored row.
+    """
+    row = dict(ROW, **changes)
+    event = AuditEventIn(
+        actor=row["actor"],
+        action=row["action"],
+        target=row["target"],
+        outcome=row["outcome"],
+        details=row["details"],
+        workflow_id=row["workflow_id"],
+        run_id=row["run_id"],
+    )
+    head, tail, end = _fragments(event, row["details"])
+    joined = (
+        head + str(row["id"]) + ',"occurred_at":"' + _utc_iso(row["occurred_at"]) + tail
+        + row["prev_hash"] + end
+    )  # fmt: skip
+    assert joined.encode() == canonical_bytes(**row)

@@ -5,11 +5,13 @@ include ``prev_hash``, the hash of the row before it (64 zeros for the first row
 inserting or deleting any row therefore breaks the chain at that row, which
 :func:`verify_chain` finds.
 
-Writers serialise on a transaction-scoped advisory lock, read the last row, and insert
-``id = last id + 1``: concurrent writers queue instead of forking the chain, and the table's
-``UNIQUE (prev_hash)`` would refuse a fork even from a writer that skipped the lock. The lock
-is held until the caller's transaction ends, so keep audit writes at the end of short
-transactions.
+A writer calls the database function ``opsflow_audit_append`` (migration
+``r0002_audit_append``): it takes a transaction-scoped advisory lock, reads the last row and
+inserts ``id = last id + 1``, hashing the canonical JSON that Python built around the id, the
+time and the previous hash. Concurrent writers queue instead of forking the chain, and the
+table's ``UNIQUE (prev_hash)`` would refuse a fork even from a writer that skipped the lock.
+The lock is held until the caller's transaction ends, so keep audit writes at the end of
+short transactions.
 """
 
 from __future__ import annotations
@@ -30,8 +32,10 @@ from opsflow.shared.common import AuditEventIn
 
 GENESIS_HASH = "0" * 64
 
-# Key of the advisory lock all audit writers share ("opsaudit" in ASCII).
-AUDIT_LOCK_KEY = 0x6F70_7361_7564_6974
+# How canonical_bytes encodes each value.
+_CANONICAL = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+)
 
 _COLUMNS = (
     "id, occurred_at, actor, action, target, outcome, details, workflow_id, run_id, prev_hash, hash"
@@ -117,9 +121,7 @@ def canonical_bytes(
         "run_id": run_id,
         "prev_hash": prev_hash,
     }
-    return json.dumps(
-        doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    ).encode("utf-8")
+    return _CANONICAL.encode(doc).encode("utf-8")
 
 
 def compute_hash(**fields: Any) -> str:
@@ -171,11 +173,82 @@ def _record(row: dict[str, Any]) -> AuditRecord:
     )
 
 
+def _fragments(event: AuditEventIn, details: dict[str, Any]) -> tuple[str, str, str]:
+    """Return the canonical JSON of ``event`` around the three values the database fills in.
+
+    :func:`canonical_bytes` of a row is ``head + id + ',"occurred_at":"' + time + tail +
+    prev_hash + end`` (keys sorted: action, actor, details, id, occurred_at, outcome,
+    prev_hash, run_id, target, workflow_id). ``opsflow_audit_append`` (migration
+    ``r0002_audit_append``) joins them with the id, time and previous hash it reads under the
+    chain's lock.
+    """
+    enc = _CANONICAL.encode
+    head = (
+        f'{{"action":{enc(event.action)},"actor":{enc(event.actor)},"details":{enc(details)},"id":'
+    )
+    tail = f'","outcome":{enc(event.outcome)},"prev_hash":"'
+    end = (
+        f'","run_id":{enc(event.run_id)},"target":{enc(event.target)},'
+        f'"workflow_id":{enc(event.workflow_id)}}}'
+    )
+    return head, tail, end
+
+
+async def _append(
+    conn: AsyncConnection[Any], event: AuditEventIn, key: str | None = None
+) -> AuditRecord | None:
+    """Append ``event`` in one statement; None if ``key`` is given and already recorded.
+
+    BEGIN (or a savepoint), the call and COMMIT (or the release) go out together in one round
+    trip, and the result is read after them: the chain's lock is held inside the server only,
+    for the call and the commit. It used to be held across a round trip and the writer's own
+    scheduling (with 20 escalations in flight the API waited 136 ms at p50 for it).
+    """
+    details = _normalise_details(event.details)
+    head, tail, end = _fragments(event, details)
+    async with conn.cursor(row_factory=dict_row) as cur:
+        async with conn.pipeline(), conn.transaction():
+            await cur.execute(
+                "SELECT id, occurred_at, prev_hash, hash FROM opsflow_audit_append("
+                "%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                (
+                    head,
+                    tail,
+                    end,
+                    event.actor,
+                    event.action,
+                    event.target,
+                    event.outcome,
+                    Jsonb(details),
+                    event.workflow_id,
+                    event.run_id,
+                    key,
+                ),
+            )
+        row = await cur.fetchone()
+    if row is None:
+        return None
+    return AuditRecord(
+        id=row["id"],
+        occurred_at=row["occurred_at"],
+        actor=event.actor,
+        action=event.action,
+        target=event.target,
+        outcome=event.outcome,
+        details=details,
+        workflow_id=event.workflow_id,
+        run_id=event.run_id,
+        prev_hash=row["prev_hash"],
+        hash=row["hash"],
+    )
+
+
 async def append_event(conn: AsyncConnection[Any], event: AuditEventIn) -> AuditRecord:
     """Append one event to the chain inside the caller's transaction.
 
     If ``conn`` is already in a transaction the event commits or rolls back with it (a
-    savepoint is used); otherwise a transaction is opened and committed here.
+    savepoint is used), and the chain's lock is held until that transaction ends; otherwise
+    a transaction is opened and committed here.
 
     Args:
         conn: Connection to the opsflow database.
@@ -185,55 +258,9 @@ async def append_event(conn: AsyncConnection[Any], event: AuditEventIn) -> Audit
         The stored row.
 
     """
-    details = _normalise_details(event.details)
-    # Pipelined: BEGIN, the lock and the read of the chain's end go out together (one round
-    # trip), the insert and COMMIT together (another); five round trips before. Alone it is
-    # no faster (psycopg's pipeline mode costs CPU), but the chain lock is held for one round
-    # trip instead of three: with 20 escalations in flight the API's audit append waited
-    # 136 ms (p50) for the lock pipelined, 241 ms not.
-    async with conn.pipeline(), conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute("SELECT pg_advisory_xact_lock(%s)", (AUDIT_LOCK_KEY,))
-        # The time is read after the lock, so ids and times grow together.
-        await cur.execute(
-            "SELECT clock_timestamp() AS now, last.id, last.hash FROM (SELECT 1) AS one"
-            " LEFT JOIN LATERAL (SELECT id, hash FROM audit_events ORDER BY id DESC LIMIT 1)"
-            " AS last ON true"
-        )
-        row = await cur.fetchone()
-        assert row is not None
-        # timestamptz keeps microseconds, so this value reads back identical.
-        occurred_at: datetime = row["now"]
-        fields: dict[str, Any] = {
-            "id": (row["id"] or 0) + 1,
-            "occurred_at": occurred_at,
-            "actor": event.actor,
-            "action": event.action,
-            "target": event.target,
-            "outcome": event.outcome,
-            "details": details,
-            "workflow_id": event.workflow_id,
-            "run_id": event.run_id,
-            "prev_hash": row["hash"] or GENESIS_HASH,
-        }
-        digest = compute_hash(**fields)
-        await cur.execute(
-            f"INSERT INTO audit_events ({_COLUMNS})"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-            (
-                fields["id"],
-                occurred_at,
-                event.actor,
-                event.action,
-                event.target,
-                event.outcome,
-                Jsonb(details),
-                event.workflow_id,
-                event.run_id,
-                fields["prev_hash"],
-                digest,
-            ),
-        )
-    return AuditRecord(**fields, hash=digest)
+    record = await _append(conn, event)
+    assert record is not None  # without a key the function always inserts
+    return record
 
 
 async def record_event(pool: AsyncConnectionPool[Any], event: AuditEventIn) -> AuditRecord:
@@ -255,7 +282,8 @@ async def record_event_once(pool: AsyncConnectionPool[Any], event: AuditEventIn,
     """Append ``event`` unless one with the same workflow id, action and key exists.
 
     Activities retry; this makes their audit events retry-safe. The key is stored in
-    ``details.key``; writers of the same key are serialised, so two attempts cannot both miss
+    ``details.key``; writers of the same key are serialised (an advisory lock on the key,
+    taken by ``opsflow_audit_append`` before it looks), so two attempts cannot both miss
     the row.
 
     Args:
@@ -268,17 +296,8 @@ async def record_event_once(pool: AsyncConnectionPool[Any], event: AuditEventIn,
 
     """
     event.details = {**event.details, "key": key}
-    async with pool.connection() as conn, conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (key,))
-        cur = await conn.execute(
-            """SELECT 1 FROM audit_events WHERE workflow_id IS NOT DISTINCT FROM %s
-               AND action = %s AND details->>'key' = %s LIMIT 1""",
-            (event.workflow_id, event.action, key),
-        )
-        if await cur.fetchone() is not None:
-            return False
-        await append_event(conn, event)
-        return True
+    async with pool.connection() as conn:
+        return await _append(conn, event, key) is not None
 
 
 async def verify_chain(conn: AsyncConnection[Any], *, batch_size: int = 2000) -> ChainVerification:
