@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import time
 import weakref
-from typing import Any
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg.rows import DictRow, dict_row
@@ -17,6 +19,8 @@ from opsflow.config import redact_url
 
 #: The pool type the platform passes around (rows come back as ``dict[str, Any]``).
 Pool = AsyncConnectionPool[psycopg.AsyncConnection[DictRow]]
+
+_Conn = TypeVar("_Conn", bound=psycopg.AsyncConnection[Any])
 
 
 def redacted(url: str) -> str:
@@ -110,3 +114,20 @@ async def open_pool(
             f"database pool {name!r} could not connect to {redacted(url)} within {timeout:g}s"
         ) from exc
     return pool
+
+
+@asynccontextmanager
+async def autocommit(conn: _Conn) -> AsyncIterator[_Conn]:
+    """Use ``conn`` in autocommit for the block, then put it back as it came.
+
+    A single statement then costs one round trip: no BEGIN before it, no COMMIT after it
+    (it commits on its own). Only for a connection outside a transaction.
+    """
+    was = conn.autocommit
+    if not was:
+        await conn.set_autocommit(True)
+    try:
+        yield conn
+    finally:
+        if not was and not conn.closed:  # a broken connection is dropped by the pool anyway
+            await conn.set_autocommit(False)

@@ -18,6 +18,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from opsflow.adapters.audit import append_event
+from opsflow.adapters.postgres import autocommit
 from opsflow.shared.common import AuditEventIn
 from opsflow.shared.roles import Role
 
@@ -166,13 +167,8 @@ async def authenticate(pool: AsyncConnectionPool[Any], token: str) -> TokenInfo 
         return None
     # In autocommit: one round trip for the read (no BEGIN/COMMIT around it), and the rare
     # update of last_used_at commits on its own. The connection goes back as it came.
-    async with pool.connection() as conn:
-        await conn.set_autocommit(True)
-        try:
-            return await _lookup(conn, token)
-        finally:
-            if not conn.closed:  # a broken connection is dropped by the pool anyway
-                await conn.set_autocommit(False)
+    async with pool.connection() as conn, autocommit(conn):
+        return await _lookup(conn, token)
 
 
 async def _lookup(conn: psycopg.AsyncConnection[Any], token: str) -> TokenInfo | None:
