@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import io
+import smtplib
+from collections.abc import Iterator
 from email import policy
 from email.generator import BytesGenerator
 from email.header import Header
 from email.message import EmailMessage, Message
 from email.parser import BytesParser
+from pathlib import Path
 
+import pytest
+
+from opsflow.adapters import mail as mail_module
 from opsflow.adapters.mail import Mailer, SmtpConfig, message_id
 from opsflow.config import Settings
+from opsflow.dev.ports import DevPorts
+from opsflow.dev.sinks import MailSink
 from opsflow.shared.common import MailMessage
 
 
@@ -75,3 +83,72 @@ def test_a_line_break_in_the_subject_cannot_add_a_header() -> None:
     got = _wire(em)
     assert got["Bcc"] is None
     assert got["Subject"] == "hello Bcc: evil@example.com"
+
+
+# ------------------------------------------------------------ connection reuse (real sink)
+
+
+@pytest.fixture
+def sink(tmp_path: Path) -> Iterator[MailSink]:
+    mail = MailSink(tmp_path / "mail", DevPorts.free().smtp)
+    mail.start()
+    try:
+        yield mail
+    finally:
+        mail.stop()
+
+
+def _counting_mailer(sink: MailSink) -> tuple[Mailer, list[int]]:
+    """A mailer for ``sink`` that counts the SMTP connections it opens."""
+    mailer = _mailer(smtp_host="127.0.0.1", smtp_port=sink.port)
+    opened: list[int] = []
+    connect = mailer._connect
+
+    def counted() -> smtplib.SMTP:
+        opened.append(1)
+        return connect()
+
+    mailer._connect = counted  # type: ignore[method-assign]
+    return mailer, opened
+
+
+def _mail(i: int) -> MailMessage:
+    return MailMessage(f"reuse/{i}", ["a@example.com"], f"mail {i}", "body")
+
+
+async def test_one_connection_carries_consecutive_mails(sink: MailSink) -> None:
+    mailer, opened = _counting_mailer(sink)
+    for i in range(3):
+        await mailer.send(_mail(i), ["a@example.com"])
+    assert [str(m["Subject"]) for m in sink.messages()] == ["mail 0", "mail 1", "mail 2"]
+    assert len(opened) == 1
+    assert len(mailer._idle) == 1
+    mailer.close()
+    assert mailer._idle == []
+
+
+async def test_a_failed_connection_is_closed_and_the_retry_opens_a_new_one(
+    sink: MailSink,
+) -> None:
+    mailer, opened = _counting_mailer(sink)
+    await mailer.send(_mail(0), ["a@example.com"])
+    sink.fail_next(1)
+    with pytest.raises(smtplib.SMTPDataError):
+        await mailer.send(_mail(1), ["a@example.com"])
+    assert mailer._idle == []  # the connection that failed is gone
+    await mailer.send(_mail(1), ["a@example.com"])
+    assert len(opened) == 2
+    assert [str(m["Subject"]) for m in sink.messages()] == ["mail 0", "mail 1"]
+    mailer.close()
+
+
+async def test_a_connection_idle_too_long_is_replaced(
+    sink: MailSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mailer, opened = _counting_mailer(sink)
+    await mailer.send(_mail(0), ["a@example.com"])
+    monkeypatch.setattr(mail_module, "SMTP_REUSE_SECONDS", 0.0)
+    await mailer.send(_mail(1), ["a@example.com"])
+    assert len(opened) == 2
+    assert len(sink.messages()) == 2
+    mailer.close()

@@ -11,6 +11,8 @@ import asyncio
 import fnmatch
 import smtplib
 import ssl
+import threading
+import time
 from dataclasses import dataclass
 from email import charset as email_charset
 from email.header import Header
@@ -75,11 +77,34 @@ def message_id(key: str) -> str:
     return f"<{safe}@opsflow>"
 
 
+#: An idle SMTP connection is reused for this long. Servers drop idle clients only after
+#: minutes (RFC 5321 asks for at least five), so a reused connection is still open.
+SMTP_REUSE_SECONDS = 30.0
+#: At most this many idle connections are kept (more are opened while many mails go out).
+SMTP_IDLE_MAX = 4
+
+
+def _quit(smtp: smtplib.SMTP) -> None:
+    """Say goodbye to the server; just close if the connection is already gone."""
+    try:
+        smtp.quit()
+    except (OSError, smtplib.SMTPException):
+        smtp.close()
+
+
 class Mailer:
-    """Sends one message over SMTP (blocking I/O runs in a thread)."""
+    """Sends messages over SMTP (blocking I/O runs in a thread), reusing connections.
+
+    A connection that delivered a message goes back to a small idle list and carries the next
+    one: connect, EHLO, STARTTLS and login once, not for every mail (an escalation sends one).
+    A connection that failed in any way is closed, never reused; the caller's retry opens a
+    new one. :meth:`close` says goodbye to the idle ones.
+    """
 
     def __init__(self, config: SmtpConfig) -> None:
         self.config = config
+        self._idle: list[tuple[smtplib.SMTP, float]] = []
+        self._lock = threading.Lock()
 
     def allowed(self, address: str) -> bool:
         """In test mode, only allowlisted addresses receive mail."""
@@ -105,14 +130,54 @@ class Mailer:
         em["X-Opsflow-Kind"] = _one_line(msg.kind)
         return em
 
-    def _send_blocking(self, em: Message[str, str | Header], recipients: list[str]) -> None:
+    def _connect(self) -> smtplib.SMTP:
         c = self.config
-        with smtplib.SMTP(c.host, c.port, timeout=30) as smtp:
+        smtp = smtplib.SMTP(c.host, c.port, timeout=30)
+        try:
             if c.starttls:
                 smtp.starttls(context=ssl.create_default_context())
             if c.username and c.password:
                 smtp.login(c.username, c.password)
+        except BaseException:
+            smtp.close()
+            raise
+        return smtp
+
+    def _checkout(self) -> smtplib.SMTP:
+        """Return an idle connection used within SMTP_REUSE_SECONDS, else a new one."""
+        stale: list[smtplib.SMTP] = []
+        reused: smtplib.SMTP | None = None
+        now = time.monotonic()
+        with self._lock:
+            while self._idle and reused is None:
+                smtp, since = self._idle.pop()
+                if now - since < SMTP_REUSE_SECONDS:
+                    reused = smtp
+                else:
+                    stale.append(smtp)
+        for smtp in stale:
+            _quit(smtp)
+        return reused if reused is not None else self._connect()
+
+    def _send_blocking(self, em: Message[str, str | Header], recipients: list[str]) -> None:
+        smtp = self._checkout()
+        try:
             smtp.send_message(em, to_addrs=recipients)
+        except BaseException:
+            smtp.close()  # in an unknown state: never reused
+            raise
+        with self._lock:
+            if len(self._idle) < SMTP_IDLE_MAX:
+                self._idle.append((smtp, time.monotonic()))
+                return
+        _quit(smtp)
+
+    def close(self) -> None:
+        """Close the idle connections (blocking; a worker calls it once, when it stops)."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for smtp, _ in idle:
+            _quit(smtp)
 
     async def send(self, msg: MailMessage, recipients: list[str]) -> None:
         """Deliver to the given recipients."""

@@ -45,10 +45,11 @@ def build_activities(
     app_pool: Any,
     client: Client | None,
     sms: SmsGateway | None = None,
+    mailer: Mailer | None = None,
 ) -> list[Any]:
     """Every activity callable, with its dependencies injected."""
     sms = sms or SmsGateway.from_settings(settings)
-    mailer = Mailer(SmtpConfig.from_settings(settings))
+    mailer = mailer or Mailer(SmtpConfig.from_settings(settings))
     s3 = lazy_s3_client(settings)
     schedules = {
         spec.schedule.id: spec.schedule.interval or timedelta(days=1)
@@ -154,8 +155,9 @@ async def run(settings: Settings) -> None:
         ),
     )
     sms = SmsGateway.from_settings(settings)
+    mailer = Mailer(SmtpConfig.from_settings(settings))
     worker = build_worker(
-        client, settings, build_activities(settings, ops_pool, app_pool, client, sms)
+        client, settings, build_activities(settings, ops_pool, app_pool, client, sms, mailer)
     )
     # What is imported and built by now lives as long as the process: out of the collector's
     # full passes, each of which walked all of it (0.1 s, several times in a restart's backlog).
@@ -179,6 +181,7 @@ async def run(settings: Settings) -> None:
         await stop.wait()
         log.info("worker stopping gracefully")
     await sms.aclose()
+    await asyncio.to_thread(mailer.close)
     await ops_pool.close()
     await app_pool.close()
     log.info("worker stopped")
