@@ -28,6 +28,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from opsflow.activities._rows import col
 from opsflow.adapters import audit, runs
 from opsflow.adapters.mail import Mailer, deliver_mail
+from opsflow.adapters.postgres import autocommit
 from opsflow.adapters.sms import SmsGateway, deliver_sms
 from opsflow.shared import ids
 from opsflow.shared.common import AuditEventIn, MailMessage
@@ -94,7 +95,8 @@ class SlaEscalationActivities:
         """Upsert the request's watchlist row (and the run's row); return the request's facts."""
         if s.run is not None:
             await runs.record(self.ops, s.run)
-        async with self.app.connection() as conn:
+        # Single statements in autocommit: one round trip each, no BEGIN and COMMIT around.
+        async with self.app.connection() as conn, autocommit(conn):
             cur = await conn.execute(
                 """SELECT r.status, r.priority, r.reference, r.title, r.department_id,
                           d.code AS department, u.username AS assignee
@@ -119,7 +121,7 @@ class SlaEscalationActivities:
                 assignee=col(row, "assignee") or "",
                 priority=col(row, "priority"),
             )
-        async with self.ops.connection() as conn:
+        async with self.ops.connection() as conn, autocommit(conn):
             await conn.execute(
                 """INSERT INTO sla_watchlist (request_id, workflow_id, reference, title,
                        department_id, department, assignee, priority, status, sla_due_at, state,
@@ -302,7 +304,7 @@ class SlaEscalationActivities:
         )
 
     async def _supervisors(self, request_id: int) -> tuple[list[str], list[str]]:
-        async with self.app.connection() as conn:
+        async with self.app.connection() as conn, autocommit(conn):
             cur = await conn.execute(
                 """WITH dept AS (
                        SELECT COALESCE(

@@ -15,6 +15,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
+from opsflow.adapters.postgres import autocommit
 from opsflow.shared.common import RunRecord
 
 #: Statuses after which a run does not change any more (Temporal's closed states).
@@ -88,7 +89,7 @@ async def upsert_run(
         # Ending "now" uses the database's clock, like every other time of the row.
         "end_now": ended_at is None and rec.status.lower() in TERMINAL_STATUSES,
     }
-    async with pool.connection() as conn:
+    async with pool.connection() as conn, autocommit(conn):  # one statement, one round trip
         await conn.execute(_UPSERT, params)
 
 
