@@ -118,6 +118,41 @@ async def test_record_once_writes_a_key_once_and_returns_the_stored_row(pool: Po
         assert (await audit.verify_chain(conn)).ok
 
 
+async def test_retry_safe_append_reads_only_its_workflows_rows(own_dbs: Databases) -> None:
+    """The key check of every retried activity must not read the whole table (it only grows).
+
+    200 events of the same action in other workflows are there; the session's own counters
+    (``pg_stat_xact_user_tables``) tell how many rows the append read. Rolled back: the
+    events are made up.
+    """
+    with admin_conn(own_dbs) as conn, conn.transaction(force_rollback=True):
+        conn.execute(
+            "INSERT INTO audit_events (id, occurred_at, actor, action, target, outcome, details,"
+            " workflow_id, prev_hash, hash)"
+            " SELECT 1000000 + i, now(), 'a', 'test.index', 't', 'success',"
+            " jsonb_build_object('key', 'k-' || i), 'other-' || i,"
+            " lpad(to_hex(1000000 + i), 64, '0'), lpad(to_hex(2000000 + i), 64, '0')"
+            " FROM generate_series(1, 200) AS i"
+        )
+        conn.execute("ANALYZE audit_events")
+        before = _rows_read(conn)
+        conn.execute(
+            "SELECT * FROM opsflow_audit_append('{', ',', '}', 'a', 'test.index', 't',"
+            " 'success', '{}'::jsonb, 'wf-index', NULL, 'k-index')"
+        )
+        read = _rows_read(conn) - before
+    assert read <= 2, f"{read} rows read to append one event"  # the chain's end, at most
+
+
+def _rows_read(conn: psycopg.Connection[Any]) -> int:
+    row = conn.execute(
+        "SELECT seq_tup_read + coalesce(idx_tup_fetch, 0) FROM pg_stat_xact_user_tables"
+        " WHERE relname = 'audit_events'"
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
 async def test_query_filters_and_paging(pool: Pool) -> None:
     async with pool.connection() as conn:
         tail = await audit.query_events(conn, actor="writer:3", limit=5)

