@@ -239,19 +239,9 @@ async def _append(
         row = await _call_append(conn, params)
     if row is None:
         return None
-    return AuditRecord(
-        id=row["id"],
-        occurred_at=row["occurred_at"],
-        actor=event.actor,
-        action=event.action,
-        target=event.target,
-        outcome=event.outcome,
-        details=details,
-        workflow_id=event.workflow_id,
-        run_id=event.run_id,
-        prev_hash=row["prev_hash"],
-        hash=row["hash"],
-    )
+    # The event as stored: its own fields, the details as jsonb keeps them, and what the
+    # database filled in (id, time, previous hash, hash).
+    return _record({**vars(event), "details": details, **row})
 
 
 async def append_event(conn: AsyncConnection[Any], event: AuditEventIn) -> AuditRecord:
