@@ -206,6 +206,45 @@ def test_mail_sink_delivers_a_message_id_once_even_across_restart(tmp_path: Path
     assert sorted(subjects) == ["first", "no message id", "other"]
 
 
+def test_mail_sink_envelope_keeps_plain_and_unusual_addresses(tmp_path: Path) -> None:
+    """Plain addresses take the sink's fast path; quoted local parts go to aiosmtpd's parser."""
+    port = DevPorts.free().smtp
+    mail = MailSink(tmp_path / "mail", port)
+    mail.start()
+    try:
+        with smtplib.SMTP("127.0.0.1", port, timeout=10) as smtp:
+            smtp.ehlo()
+            assert smtp.mail("ops+sla@example.com", ["BODY=8BITMIME"])[0] == 250
+            assert smtp.rcpt("sup.one@example.com")[0] == 250
+            assert smtp.rcpt('"two words"@example.com')[0] == 250
+            # Not an address at all: refused by aiosmtpd's own parser, as before.
+            assert smtp.rcpt("<@@>")[0] == 553
+            assert smtp.data(b"Subject: envelope\r\n\r\nbody\r\n")[0] == 250
+    finally:
+        mail.stop()
+    (stored,) = read_mails(tmp_path / "mail")
+    assert stored["X-Opsflow-Envelope-From"] == "ops+sla@example.com"
+    assert stored["X-Opsflow-Envelope-To"] == 'sup.one@example.com, "two words"@example.com'
+
+
+def test_mail_sink_reads_a_folded_message_id(tmp_path: Path) -> None:
+    """A Message-ID folded onto a second line is the same id: the retry is a duplicate."""
+    port = DevPorts.free().smtp
+    mail = MailSink(tmp_path / "mail", port)
+    mail.start()
+    try:
+        for raw in (
+            b"Message-ID: <fold@opsflow>\r\nSubject: one\r\n\r\nbody\r\n",
+            b"Message-ID:\r\n <fold@opsflow>\r\nSubject: again\r\n\r\nbody\r\n",
+        ):
+            with smtplib.SMTP("127.0.0.1", port, timeout=10) as smtp:
+                smtp.sendmail("opsflow@localhost", ["a@example.com"], raw)
+        assert mail.duplicates() == ["<fold@opsflow>"]
+    finally:
+        mail.stop()
+    assert [str(m["Subject"]) for m in read_mails(tmp_path / "mail")] == ["one"]
+
+
 def test_mail_sink_tells_listeners_of_each_stored_message_once(
     sinks: tuple[MailSink, HttpSink, str],
 ) -> None:
@@ -237,3 +276,4 @@ async def test_sms_gateway_keeps_one_client_per_event_loop(
     assert await gateway.post("gw-3", ["+15550001"], "after close") is False  # a new session
     assert gateway._session() is not session
     await gateway.aclose()
+
