@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from opsflow.adapters.sms import SmsGateway
+from opsflow.adapters.sms import Proxy, SmsGateway, proxy_for
 from opsflow.dev.ports import DevPorts
 from opsflow.dev.sinks import HttpSink, MailSink, read_envelopes, read_mails
 
@@ -277,3 +277,23 @@ async def test_sms_gateway_keeps_one_client_per_event_loop(
     assert gateway._session() is not session
     await gateway.aclose()
 
+
+def test_sms_gateway_reads_the_proxy_settings_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """HTTP(S)_PROXY and NO_PROXY apply as before, read when the gateway is built."""
+    for name in ("http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    assert proxy_for("http://sms.example.com/sms") is None
+    monkeypatch.setenv("HTTPS_PROXY", "http://u%40x:p%3Ass@proxy.internal:3128")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,.corp.example")
+    found = proxy_for("https://sms.example.com/sms")
+    assert found is not None
+    assert found.url == "http://proxy.internal:3128"
+    # base64 of "u@x:p:ss": the user and password percent-decoded, as aiohttp decoded them
+    assert found.headers == {"Proxy-Authorization": "Basic dUB4OnA6c3M="}
+    assert "p:ss" not in repr(found) and "dUB4OnA6c3M" not in repr(found)
+    assert proxy_for("https://gw.corp.example/sms") is None  # NO_PROXY
+    assert proxy_for("http://sms.example.com/sms") is None  # no HTTP_PROXY for http
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.internal:8080")
+    gateway = SmsGateway(url="http://sms.example.com/sms")
+    assert gateway._proxy == Proxy(url="http://proxy.internal:8080")
+    assert SmsGateway(url="http://127.0.0.1:9/sms")._proxy is None
