@@ -23,6 +23,13 @@ from tests.unit.api_fakes import make_harness
         ("token opsf_ZZZZyyyy1234 leaked", "ZZZZyyyy1234"),
         ("host=db password=hunter2 user=x", "hunter2"),
         ("aws_secret_access_key='wJalrXUtnFEMI'", "wJalrXUtnFEMI"),
+        # Any case: the one-scan check before the four patterns must not let these through.
+        ("PASSWORD=Hunter3 in capitals", "Hunter3"),
+        ("authorization: BEARER abc.def-ghi", "abc.def-ghi"),
+        ("HTTPS://u:pw9x@host/x", "pw9x"),
+        ("client_Secret: xyz123", "xyz123"),
+        ("API_KEY=k-998877", "k-998877"),
+        ("Access_Key='AKIAXYZ'", "AKIAXYZ"),
     ],
 )
 def test_redact_text(text: str, secret: str) -> None:
