@@ -6,6 +6,7 @@ from temporalio.client import Client
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 
 from opsflow.config import Settings
+from opsflow.worker.converter import DATA_CONVERTER
 
 
 def metrics_runtime(bind_address: str) -> Runtime:
@@ -22,4 +23,5 @@ async def connect(settings: Settings, runtime: Runtime | None = None) -> Client:
         api_key=api_key,
         tls=settings.temporal_tls,
         runtime=runtime,
+        data_converter=DATA_CONVERTER,
     )
