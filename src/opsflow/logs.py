@@ -9,6 +9,7 @@ secret on purpose.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import sys
@@ -70,7 +71,14 @@ def redact_text(text: str) -> str:
 
 def is_secret_key(key: object) -> bool:
     """Return True if a mapping key names a secret (``password``, ``api_key``, ...)."""
-    return isinstance(key, str) and key.lower() not in _SAFE_KEYS and bool(_SECRET_KEY.search(key))
+    return isinstance(key, str) and _names_secret(key)
+
+
+# Every key of every log line is checked, and keys repeat (event, level, route, actor...):
+# the answer per key is kept, bounded, instead of a regex search each time.
+@functools.lru_cache(maxsize=4096)
+def _names_secret(key: str) -> bool:
+    return key.lower() not in _SAFE_KEYS and bool(_SECRET_KEY.search(key))
 
 
 def redact_value(value: Any, depth: int = 0) -> Any:
