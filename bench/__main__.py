@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -245,9 +246,16 @@ def _json_path(arg: Path | None) -> Path:
     return state_dir() / "bench" / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
 
 
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmarks; return the exit status (1 when a part failed)."""
     args = _parse(argv)
+    # Stopped from outside (``timeout``, a CI limit): clean up as after Ctrl-C, so the private
+    # stack's server, worker and API stop and its databases are dropped instead of left behind.
+    signal.signal(signal.SIGTERM, _interrupt)
     console = Console()
     report: dict[str, Any] = {"environment": _environment()}
     status = 0
