@@ -587,17 +587,19 @@ class Stack:
             ListSearchAttributesRequest,
         )
 
-        client = await self._client()
         namespace = self._base.temporal_namespace
         deadline = time.monotonic() + 30
         while True:
+            # The connect is retried too: on a slow machine a server reopening an existing
+            # state file has refused it just after its gRPC port first accepted a connection.
             try:
+                client = await self._client()
                 listed = await client.operator_service.list_search_attributes(
                     ListSearchAttributesRequest(namespace=namespace)
                 )
                 break
             except Exception:
-                if time.monotonic() > deadline:
+                if time.monotonic() > deadline or not (self.temporal and self.temporal.running()):
                     raise
                 await asyncio.sleep(0.3)
         missing = {
