@@ -276,7 +276,13 @@ def main(argv: list[str] | None = None) -> int:
     if needs_stack:
         console.print("bench: starting a private stack (free ports, fresh databases) ...")
         try:
-            with bench_api_start.bench_stack(keep_state=args.keep_state) as stack:
+            settings = {}
+            if not args.skip_sla:
+                cache = bench_sla.worker_cache_for(args.sla_requests)
+                settings["WORKER_MAX_CACHED_WORKFLOWS"] = str(cache)
+            with bench_api_start.bench_stack(
+                keep_state=args.keep_state, settings=settings
+            ) as stack:
                 if not args.skip_api:
                     console.print(
                         f"bench: {args.warmup} warm-up + {args.starts} starts per side, alternating"

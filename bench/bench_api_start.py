@@ -35,7 +35,7 @@ import shutil
 import statistics
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -103,7 +103,9 @@ def bench_server_url() -> str:
 
 
 @contextmanager
-def bench_stack(keep_state: bool = False) -> Iterator[Stack]:
+def bench_stack(
+    keep_state: bool = False, settings: Mapping[str, str] | None = None
+) -> Iterator[Stack]:
     """Run a private opsflow stack for the duration of a ``with`` block.
 
     Free ports, a temporary state folder and fresh databases with unique names (created and
@@ -113,6 +115,8 @@ def bench_stack(keep_state: bool = False) -> Iterator[Stack]:
 
     Args:
         keep_state: Keep the state folder (logs) instead of removing it.
+        settings: Settings for the stack's processes (``WORKER_MAX_CACHED_WORKFLOWS``...),
+            over the stack's own.
 
     """
     suffix = f"{os.getpid()}_{secrets.token_hex(3)}"
@@ -130,6 +134,7 @@ def bench_stack(keep_state: bool = False) -> Iterator[Stack]:
             sync_schedules=False,
             admin_token=False,
             cwd=REPO_ROOT,
+            extra_env=dict(settings or {}),
         )
     )
     try:

@@ -54,6 +54,19 @@ from opsflow.shared.sla_escalation import EscalateSignal
 
 CONCURRENCY = 20
 FLOOR_STARTS = 2_000
+
+
+def worker_cache_for(n: int) -> int:
+    """The worker cache the SLA bench runs with: every workflow it arms, both sides.
+
+    A deployment sizes ``WORKER_MAX_CACHED_WORKFLOWS`` to its open requests (the default,
+    10,000, is the issue's scale); the bench arms N for opsflow and N more for the baseline
+    on the same worker. A cache for N only would hold the side armed last, and the other
+    side's escalations would pay for the replay of every workflow they reach.
+    """
+    return 2 * n + 500
+
+
 _FLOOR_SEEN: set[str] = set()
 
 
@@ -342,7 +355,11 @@ async def _run(
     app_url = stack.database.target_database_url
     ops_url = stack.database.database_admin_url
     mails = MailWatch(stack, asyncio.get_running_loop())
-    report: dict[str, Any] = {"requests_per_side": n, "sample_per_side": sample}
+    report: dict[str, Any] = {
+        "requests_per_side": n,
+        "sample_per_side": sample,
+        "worker_cache": stack.settings.worker_max_cached_workflows,
+    }
     report["dbt_warm_up_wait_s"] = round(await _wait_dbt_warm(stack, log_offset), 1)
     ops, base = _seed(app_url, "ops", n), _seed(app_url, "base", n)
     admin = {"Authorization": f"Bearer {tokens['admin']}"}
@@ -519,7 +536,7 @@ def rows_for_table(out: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             "  RSS worker / temporal",
             f"{out['memory_mb']['worker_rss']} MB",
             f"{out['memory_mb']['temporal_rss']} MB",
-            "",
+            f"worker cache {out['worker_cache']:,} workflows" if "worker_cache" in out else "",
         ),
     ]
     for label, figs in out["escalate"].items():
