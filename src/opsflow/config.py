@@ -100,6 +100,10 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = 8080
     api_public_url: str = "http://127.0.0.1:8080"
+    # Seconds a verified token is answered from memory while the database's announcements of
+    # token changes are received (opsflow.adapters.token_cache); 0 reads api_tokens on every
+    # call.
+    api_token_cache_s: float = Field(default=60.0, ge=0)
     worker_metrics_port: int = 9464
     worker_max_concurrent_activities: int = 50
     worker_workflow_task_polls: int = 20

@@ -77,8 +77,16 @@ def build_services(settings: Settings, metrics: ApiMetrics) -> Services:
 
         return Lazy(name, make, close, timeout_s=POOL_OPEN_TIMEOUT_S)
 
+    token_cache = None
+    if settings.api_token_cache_s > 0:
+        from opsflow.adapters.token_cache import TokenCache
+
+        token_cache = TokenCache(
+            settings.database_url.get_secret_value(), ttl_s=settings.api_token_cache_s
+        )
     return Services(
         settings=settings,
+        token_cache=token_cache,
         temporal=Lazy("temporal", temporal),
         opsflow_pool=pool_factory(settings.database_url.get_secret_value(), OPSFLOW_DB),
         app_pool=pool_factory(settings.target_database_url.get_secret_value(), APP_DB),
@@ -118,6 +126,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         services = build_services(settings, metrics)
         app.state.services = services
         warm = asyncio.create_task(_warm(services))
+        listener = asyncio.create_task(services.token_cache.run()) if services.token_cache else None
         log.info(
             "api starting",
             temporal=settings.temporal_address,
@@ -126,9 +135,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
-            warm.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await warm
+            for task in (warm, listener):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
             await services.close()
             log.info("api stopped")
 

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
     from opsflow.adapters.audit import AuditRecord
     from opsflow.adapters.idempotency import IdempotencyRecord
+    from opsflow.adapters.token_cache import TokenCache
     from opsflow.adapters.tokens import TokenInfo
 
 log = structlog.get_logger("opsflow.api")
@@ -112,6 +113,7 @@ class Services:
     app_pool: Lazy[AsyncConnectionPool[AsyncConnection[DictRow]]]
     s3: S3Client
     metrics: ApiMetrics
+    token_cache: TokenCache | None = None
 
     async def close(self) -> None:
         """Close pools; the Temporal client needs no explicit close."""
@@ -150,7 +152,10 @@ class PlatformStore:
         """Return the token's info, or None if unknown or revoked."""
         from opsflow.adapters import tokens
 
+        cache = self._services.token_cache
         async with self._guard(OPSFLOW_DB):
+            if cache is not None:
+                return await cache.authenticate(await self._ops(), token)
             return await tokens.authenticate(await self._ops(), token)
 
     async def record_event(self, event: AuditEventIn) -> AuditRecord:
