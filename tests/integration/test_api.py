@@ -234,6 +234,16 @@ def test_revoked_token_fails_at_once(api: httpx.Client, stack: Any, databases: A
         finally:
             await pool.close()
 
+    # The API answers a verified token from memory while it listens for token changes: the
+    # revocation must reach it through that channel.
+    with psycopg.connect(databases.opsflow_admin_url, autocommit=True) as admin:
+        row = admin.execute(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND query = 'LISTEN opsflow_api_tokens'"
+        ).fetchone()
+    assert row is not None and row[0] >= 1
+    assert api.get("/runbooks", headers=h).status_code == 200  # from memory now
+
     assert asyncio.run(revoke())
     r = api.get("/runbooks", headers=h)
     assert r.status_code == 401

@@ -94,6 +94,10 @@ class TokenCache:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def __bool__(self) -> bool:
+        # A cache is there even when it holds nothing (``if cache:`` must not mean "not empty").
+        return True
+
     async def authenticate(self, pool: AsyncConnectionPool[Any], token: str) -> TokenInfo | None:
         """Return the active token's metadata, or None (see :func:`tokens.authenticate`)."""
         key = tokens.hash_token(token)

@@ -126,7 +126,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         services = build_services(settings, metrics)
         app.state.services = services
         warm = asyncio.create_task(_warm(services))
-        listener = asyncio.create_task(services.token_cache.run()) if services.token_cache else None
+        listener = None
+        if services.token_cache is not None:
+            listener = asyncio.create_task(services.token_cache.run())
         log.info(
             "api starting",
             temporal=settings.temporal_address,

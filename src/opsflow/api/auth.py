@@ -1,7 +1,9 @@
 """Bearer-token authentication and role checks.
 
-Every authenticated request looks the token up in the database (no cache), so a revoked token
-fails on its very next request. Missing or unknown tokens answer 401 with
+Every authenticated request checks its token against ``api_tokens``: read from the table, or
+from the API's memory of tokens it verified in the last minute while the database's
+announcements of token changes reach it (``opsflow.adapters.token_cache``), so a revoked token
+fails on its next request either way. Missing or unknown tokens answer 401 with
 ``WWW-Authenticate: Bearer``; a valid token with the wrong role answers 403 naming the roles
 the action needs. The token itself is never logged or echoed.
 """
