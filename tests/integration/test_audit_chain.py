@@ -7,7 +7,7 @@ session's (whose chain other tests verify).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import psycopg
@@ -23,15 +23,6 @@ from tests.fixtures.databases import Databases, create_databases, drop_databases
 
 WRITERS = 8
 EVENTS_PER_WRITER = 50
-
-
-@pytest.fixture(scope="module")
-def own_dbs() -> Iterator[Databases]:
-    dbs = create_databases()
-    try:
-        yield dbs
-    finally:
-        drop_databases(dbs)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 
 import psycopg
 import pytest
@@ -15,16 +15,7 @@ from opsflow.adapters import tokens
 from opsflow.adapters.postgres import Pool, open_pool
 from opsflow.adapters.token_cache import TokenCache
 from opsflow.shared.roles import Role
-from tests.fixtures.databases import Databases, create_databases, drop_databases
-
-
-@pytest.fixture(scope="module")
-def own_dbs() -> Iterator[Databases]:
-    dbs = create_databases()
-    try:
-        yield dbs
-    finally:
-        drop_databases(dbs)
+from tests.fixtures.databases import Databases
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
