@@ -34,7 +34,7 @@ async def cache(own_dbs: Databases) -> AsyncIterator[TokenCache]:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert not c.live and len(c) == 0
+    assert not c.live and c.size == 0
 
 
 async def until(cond: Callable[[], bool], limit: float = 10.0) -> None:
@@ -66,9 +66,9 @@ async def test_verified_token_is_answered_from_memory_until_revoked(
 
     assert await tokens.revoke_token(pool, "cached", actor="t")
     # The announcement reaches the listener; the next lookup reads the table: revoked.
-    await until(lambda: len(cache) == 0)
+    await until(lambda: cache.size == 0)
     assert await cache.authenticate(pool, secret) is None
-    assert len(cache) == 0  # a refusal is not kept
+    assert cache.size == 0  # a refusal is not kept
 
 
 async def test_role_change_and_delete_are_announced(cache: TokenCache, pool: Pool) -> None:
@@ -76,20 +76,20 @@ async def test_role_change_and_delete_are_announced(cache: TokenCache, pool: Poo
     other = await tokens.create_token(pool, name="kept", role=Role.AUDITOR, created_by="t")
     assert (await cache.authenticate(pool, secret)) is not None
     assert (await cache.authenticate(pool, other)) is not None
-    assert len(cache) == 2
+    assert cache.size == 2
     async with pool.connection() as conn:
         await conn.execute("UPDATE api_tokens SET role = 'admin' WHERE name = 'moved'")
-    await until(lambda: len(cache) == 1)  # only the changed token goes
+    await until(lambda: cache.size == 1)  # only the changed token goes
     info = await cache.authenticate(pool, secret)
     assert info is not None and info.role is Role.ADMIN
     # last_used_at, which lookups write, announces nothing.
     async with pool.connection() as conn:
         await conn.execute("UPDATE api_tokens SET last_used_at = now() - interval '1 hour'")
     await asyncio.sleep(0.2)
-    assert len(cache) == 2
+    assert cache.size == 2
     async with pool.connection() as conn:
         await conn.execute("DELETE FROM api_tokens WHERE name = 'kept'")
-    await until(lambda: len(cache) == 1)
+    await until(lambda: cache.size == 1)
     assert await cache.authenticate(pool, other) is None
 
 
@@ -97,7 +97,7 @@ async def test_lost_listener_reads_the_table_until_it_is_back(
     cache: TokenCache, pool: Pool, own_dbs: Databases
 ) -> None:
     secret = await tokens.create_token(pool, name="cut", role=Role.SUPERVISOR, created_by="t")
-    assert await cache.authenticate(pool, secret) is not None and len(cache) == 1
+    assert await cache.authenticate(pool, secret) is not None and cache.size == 1
     with psycopg.connect(own_dbs.opsflow_admin_url, autocommit=True) as admin:
         cut = admin.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
@@ -106,7 +106,7 @@ async def test_lost_listener_reads_the_table_until_it_is_back(
     assert cut == [(True,)]
     await until(lambda: not cache.live or cache.reconnects > 0)
     # Whatever was cached went with the listener; nothing is answered from memory meanwhile.
-    assert len(cache) == 0
+    assert cache.size == 0
     await until(lambda: cache.live)
     assert cache.reconnects == 1
     hits = cache.hits

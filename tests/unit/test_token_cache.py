@@ -75,7 +75,7 @@ async def test_not_live_reads_the_table_every_time(table: dict[str, Any]) -> Non
     cache = TokenCache("postgresql://x@127.0.0.1/x")
     for _ in range(3):
         assert await cache.authenticate(None, "opsf_a") == info(1)  # type: ignore[arg-type]
-    assert table["reads"] == 3 and len(cache) == 0
+    assert table["reads"] == 3 and cache.size == 0
 
 
 async def test_live_answers_from_memory_and_drops_on_announcement(table: dict[str, Any]) -> None:
@@ -90,7 +90,7 @@ async def test_live_answers_from_memory_and_drops_on_announcement(table: dict[st
     conn.pgconn.pending.append(Note("1"))
     assert await cache.authenticate(None, "opsf_a") is None  # type: ignore[arg-type]
     assert await cache.authenticate(None, "opsf_b") == info(2)  # type: ignore[arg-type]
-    assert table["reads"] == 3 and len(cache) == 1
+    assert table["reads"] == 3 and cache.size == 1
     conn.pgconn.pending.append(Note("*"))  # TRUNCATE
     await cache.authenticate(None, "opsf_b")  # type: ignore[arg-type]
     assert table["reads"] == 4
@@ -102,10 +102,10 @@ async def test_a_read_that_raced_an_announcement_is_not_kept(table: dict[str, An
     # The row was read before the revocation committed; its announcement came meanwhile.
     table["during_read"] = lambda: cache.drop("1")
     assert await cache.authenticate(None, "opsf_a") == info(1)  # type: ignore[arg-type]
-    assert len(cache) == 0
+    assert cache.size == 0
     table["during_read"] = None
     await cache.authenticate(None, "opsf_a")  # type: ignore[arg-type]
-    assert len(cache) == 1 and table["reads"] == 2
+    assert cache.size == 1 and table["reads"] == 2
 
 
 async def test_entries_expire_and_the_least_recent_go_first(table: dict[str, Any]) -> None:
@@ -117,7 +117,7 @@ async def test_entries_expire_and_the_least_recent_go_first(table: dict[str, Any
     await cache.authenticate(None, "opsf_2")  # type: ignore[arg-type]
     await cache.authenticate(None, "opsf_1")  # type: ignore[arg-type] # 1 is now the recent one
     await cache.authenticate(None, "opsf_3")  # type: ignore[arg-type] # 2 goes
-    assert table["reads"] == 3 and len(cache) == 2
+    assert table["reads"] == 3 and cache.size == 2
     await cache.authenticate(None, "opsf_2")  # type: ignore[arg-type]
     assert table["reads"] == 4
     now[0] += 60  # ttl over: read again (which refreshes last_used_at in the table)
@@ -131,13 +131,13 @@ async def test_broken_listener_turns_the_cache_off(table: dict[str, Any]) -> Non
     await cache.authenticate(None, "opsf_a")  # type: ignore[arg-type]
     conn.pgconn.broken = True
     await cache.authenticate(None, "opsf_a")  # type: ignore[arg-type]
-    assert not cache.live and len(cache) == 0 and table["reads"] == 2
+    assert not cache.live and cache.size == 0 and table["reads"] == 2
     await cache.authenticate(None, "opsf_a")  # type: ignore[arg-type]
-    assert table["reads"] == 3 and len(cache) == 0  # nothing kept until it is back
+    assert table["reads"] == 3 and cache.size == 0  # nothing kept until it is back
 
 
 def test_unreadable_payload_drops_everything() -> None:
     cache, _ = live_cache()
     cache._entries["h"] = (info(1), 0.0)
     cache.drop("not-an-id")
-    assert len(cache) == 0
+    assert cache.size == 0
