@@ -19,6 +19,7 @@ from temporalio.exceptions import ApplicationError
 
 from opsflow.shared.errors import NOT_FOUND
 from opsflow.shared.sla_escalation import (
+    REVISION,
     BreachOutcome,
     BreachRequest,
     EscalateRequest,
@@ -122,7 +123,9 @@ async def sla_escalate_note(ctx: Ctx) -> WorkflowHandle[Any, Any]:
     """A supervisor escalates, an operator adds a note, the request is resolved."""
     from tests.replay.record_histories import settle, start
 
-    inp = SlaEscalationInput(request_id=9001, sla_due_at=_due(30), department="ROADS")
+    inp = SlaEscalationInput(
+        request_id=9001, sla_due_at=_due(30), department="ROADS", revision=REVISION
+    )
     handle = await start(ctx, "sla-escalation", inp, actor="system:triage")
     await handle.signal("escalate", EscalateSignal(reason="road flooded", actor=SUPERVISOR))
     await handle.signal("add_note", NoteSignal(text="crew called", actor=OPERATOR))
@@ -136,7 +139,9 @@ async def sla_timeline(ctx: Ctx) -> WorkflowHandle[Any, Any]:
     """Watch at due - 24 h, breach at the due time, then resolved (time-skipped)."""
     from tests.replay.record_histories import start
 
-    inp = SlaEscalationInput(request_id=TIMELINE_REQUEST, sla_due_at=_due(30), department="ROADS")
+    inp = SlaEscalationInput(
+        request_id=TIMELINE_REQUEST, sla_due_at=_due(30), department="ROADS", revision=REVISION
+    )
     handle = await start(ctx, "sla-escalation", inp, actor="system:sla-reconciler")
     # Awaiting the result lets the test server skip time through both timers; the mocked
     # breach resolves the request, which ends the run.
@@ -151,10 +156,20 @@ async def sla_continue_as_new(ctx: Ctx) -> WorkflowHandle[Any, Any]:
     from tests.replay.record_histories import settle, start
 
     inp = SlaEscalationInput(
-        request_id=9003, sla_due_at=_due(60), department="ROADS", max_history_events=20
+        request_id=9003,
+        sla_due_at=_due(60),
+        department="ROADS",
+        max_history_events=20,
+        revision=REVISION,
     )
     handle = await start(ctx, "sla-escalation", inp, actor="system:triage")
-    for i in range(8):
+    # The run looks at its length when a workflow task starts: four notes one by one make
+    # tasks enough to pass 20 events (eight at once can fit in two tasks and stay under),
+    # then a burst lands around the continue-as-new.
+    for i in range(4):
+        await handle.signal("add_note", NoteSignal(text=f"note {i}", actor=OPERATOR))
+        await _until(handle, lambda s, n=i + 1: len(s.notes) == n)
+    for i in range(4, 8):
         await handle.signal("add_note", NoteSignal(text=f"note {i}", actor=OPERATOR))
     await _until(handle, lambda s: s.generation >= 1 and len(s.notes) == 8)
     await handle.signal("request_resolved", ResolvedSignal(actor=OPERATOR))

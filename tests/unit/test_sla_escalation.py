@@ -20,6 +20,7 @@ from temporalio.worker import Worker
 
 from opsflow.shared.common import AuditEventIn, RunRecord
 from opsflow.shared.sla_escalation import (
+    REVISION,
     BreachOutcome,
     BreachRequest,
     EscalateRequest,
@@ -101,7 +102,11 @@ class Harness:
         now = await self.env.get_current_time()
         return await self.env.client.start_workflow(
             SlaEscalation.run,
-            SlaEscalationInput(request_id=42, sla_due_at=(now + due_in).isoformat(), **kw),
+            SlaEscalationInput(
+                request_id=42,
+                sla_due_at=(now + due_in).isoformat(),
+                **{"revision": REVISION, **kw},  # as opsflow's starters start it
+            ),
             id=f"sla:request:test-{uuid.uuid4()}",
             task_queue=self.task_queue,
             memo={"actor": "system:test"},
@@ -213,6 +218,34 @@ async def test_escalate_notifies_by_mail_and_sms_once(sla: Harness) -> None:
         if e.marker_recorded_event_attributes.marker_name == "core_local_activity"
     ]
     assert sum(b'"sla.escalate"' in d for d in local) == 1
+
+
+@pytest.mark.parametrize(("revision", "patches"), [(REVISION, 0), (0, 2)])
+async def test_patch_markers_only_for_runs_started_without_the_revision(
+    sla: Harness, revision: int, patches: int
+) -> None:
+    # opsflow's starters give the revision: the run takes today's steps with no patch marker
+    # (each would also upsert TemporalChangeVersion, a visibility write). A run started
+    # without it asks for both markers, as an earlier worker's run did, and takes the same
+    # steps.
+    handle = await sla.start(timedelta(hours=10), revision=revision)
+    await handle.signal(SlaEscalation.escalate, EscalateSignal(reason="flooded", actor="sup"))
+    assert (await sla.settle(handle, "escalated")).state == "escalated"
+    await handle.signal(SlaEscalation.request_resolved, ResolvedSignal())
+    await handle.result()
+    events = (await handle.fetch_history()).events
+    markers = [e.marker_recorded_event_attributes.marker_name for e in events]
+    assert markers.count("core_patch") == patches
+    change_versions = [
+        e
+        for e in events
+        if "TemporalChangeVersion"
+        in e.upsert_workflow_search_attributes_event_attributes.search_attributes.indexed_fields
+    ]
+    assert len(change_versions) == patches
+    kinds = [EventType.Name(e.event_type) for e in events]
+    assert "EVENT_TYPE_ACTIVITY_TASK_SCHEDULED" not in kinds  # one-task steps either way
+    assert sorted(n.channel for n in sla.fake.notices) == ["mail", "sms"]
 
 
 async def test_resolved_before_breach_means_no_breach_action(sla: Harness) -> None:

@@ -35,6 +35,7 @@ from opsflow.shared import ids
 from opsflow.shared.common import AuditEventIn, MailMessage
 from opsflow.shared.sla_escalation import (
     OK,
+    REVISION,
     WORKFLOW_TYPE,
     BreachOutcome,
     BreachRequest,
@@ -389,11 +390,20 @@ async def signal_with_start(
 
     """
     workflow_id = ids.sla_workflow_id(request_id)
-    inp = SlaEscalationInput(request_id=request_id, sla_due_at=due_at, department=department)
+    inp = SlaEscalationInput(
+        request_id=request_id, sla_due_at=due_at, department=department, revision=REVISION
+    )
     kwargs: dict[str, Any] = {}
     if signal:
         kwargs["start_signal"] = "sla_changed"
         kwargs["start_signal_args"] = [SlaChangedSignal(new_due_at=due_at, actor=actor)]
+    else:
+        # Eager start: when ``client`` is a worker's (the reconciler's is) and that worker
+        # polls ``task_queue``, the server hands the first workflow task back in the answer
+        # to the start: no matching, one write fewer. Arming 1,500 workflows of one timer on
+        # the dev server, interleaved: 18.6 and 19.7 ms of its CPU each without, 16.9 and
+        # 16.2 with. Those first tasks, and the later ones (sticky), go to that worker.
+        kwargs["request_eager_start"] = True
     try:
         await client.start_workflow(
             WORKFLOW_TYPE,

@@ -28,6 +28,7 @@ with workflow.unsafe.imports_passed_through():
         ESCALATED,
         OK,
         RESOLVED,
+        REVISION,
         WATCH,
         WATCH_HOURS,
         WORKFLOW_TYPE,
@@ -88,6 +89,11 @@ LEAN_PATCH = "sla-one-step-bookkeeping"
 # escalation was 13 history events and two workflow tasks, now 6 events and one task. Runs
 # without it keep the activities and the timer per wait.
 ONE_TASK_PATCH = "sla-one-task-per-signal"
+
+# Runs started with ``SlaEscalationInput.revision`` >= REVISION (opsflow's starters and every
+# continue-as-new give it) take both steps above without asking for the markers; runs started
+# without it ask, and record them, as before. Each marker is an event and an upsert of
+# ``TemporalChangeVersion``, a visibility write on the server.
 
 
 def _parse(value: str) -> datetime:
@@ -170,8 +176,12 @@ class SlaEscalation(RunbookWorkflow):
     @workflow.run
     async def run(self, inp: SlaEscalationInput) -> SlaEscalationResult:
         """Sleep on the SLA's timers and handle signals until the request is resolved."""
-        self._lean = workflow.patched(LEAN_PATCH)
-        self._one_task = self._lean and workflow.patched(ONE_TASK_PATCH)
+        if inp.revision >= REVISION:
+            # Started for these steps: no patch marker to ask for (nor to pay for).
+            self._lean = self._one_task = True
+        else:
+            self._lean = workflow.patched(LEAN_PATCH)
+            self._one_task = self._lean and workflow.patched(ONE_TASK_PATCH)
         self._request_id = inp.request_id
         self._due = _parse(inp.sla_due_at).isoformat()
         self._department = inp.department
@@ -221,6 +231,7 @@ class SlaEscalation(RunbookWorkflow):
                             department=self._department,
                             carry=self._carry,
                             max_history_events=inp.max_history_events,
+                            revision=REVISION,  # the next run starts on today's steps
                         )
                     )
                 continue
