@@ -8,6 +8,7 @@ new runbook is covered without touching this file.
 from __future__ import annotations
 
 import asyncio
+import re
 import secrets
 import time
 from collections.abc import Iterator
@@ -243,6 +244,10 @@ def test_revoked_token_fails_at_once(api: httpx.Client, stack: Any, databases: A
         ).fetchone()
     assert row is not None and row[0] >= 1
     assert api.get("/runbooks", headers=h).status_code == 200  # from memory now
+    metrics = api.get("/metrics").text
+    assert "opsflow_api_token_cache_live 1.0" in metrics
+    hits = re.search(r"^opsflow_api_token_cache_hits_total (\S+)$", metrics, re.M)
+    assert hits is not None and float(hits.group(1)) >= 1
 
     assert asyncio.run(revoke())
     r = api.get("/runbooks", headers=h)

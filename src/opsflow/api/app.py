@@ -84,6 +84,7 @@ def build_services(settings: Settings, metrics: ApiMetrics) -> Services:
         token_cache = TokenCache(
             settings.database_url.get_secret_value(), ttl_s=settings.api_token_cache_s
         )
+        metrics.watch_token_cache(token_cache)
     return Services(
         settings=settings,
         token_cache=token_cache,

@@ -7,9 +7,15 @@ Each app gets its own registry, so several apps in one process (tests) never cla
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+if TYPE_CHECKING:
+    from opsflow.adapters.token_cache import TokenCache
 
 # Seconds; the API's own work is milliseconds, Temporal starts tens of milliseconds.
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -59,4 +65,37 @@ class ApiMetrics:
             "Requests refused with 401 or 403, by reason.",
             ["reason"],
             registry=self.registry,
+        )
+
+    def watch_token_cache(self, cache: TokenCache) -> None:
+        """Serve the token cache's figures, read from it at each scrape."""
+        self.registry.register(_TokenCacheCollector(cache))
+
+
+class _TokenCacheCollector:
+    """Whether revocations reach the API (``live``), and how often memory answered."""
+
+    def __init__(self, cache: TokenCache) -> None:
+        self._cache = cache
+
+    def collect(self) -> Iterator[Metric]:
+        c = self._cache
+        yield GaugeMetricFamily(
+            "opsflow_api_token_cache_live",
+            "1 while the token listener is connected (tokens answered from memory), else 0.",
+            value=1 if c.live else 0,
+        )
+        yield GaugeMetricFamily(
+            "opsflow_api_token_cache_entries", "Verified tokens held in memory.", value=c.size
+        )
+        yield CounterMetricFamily(
+            "opsflow_api_token_cache_hits", "Tokens answered from memory.", value=c.hits
+        )
+        yield CounterMetricFamily(
+            "opsflow_api_token_cache_misses", "Tokens read from api_tokens.", value=c.misses
+        )
+        yield CounterMetricFamily(
+            "opsflow_api_token_cache_reconnects",
+            "Times the token listener connected again after losing its connection.",
+            value=c.reconnects,
         )
