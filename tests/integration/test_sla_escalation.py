@@ -63,6 +63,16 @@ def _sms_about(stack: Any, rid: int) -> list[dict[str, Any]]:
     ]
 
 
+def _escalate(stack: Any, rid: int, reason: str) -> None:
+    with httpx.Client(base_url=stack.api_url, timeout=30) as api:
+        r = api.post(
+            f"/sla/requests/{rid}/escalate",
+            headers=_auth(stack, "supervisor"),
+            json={"reason": reason},
+        )
+    assert r.status_code == 202, r.text
+
+
 def _reconcile(stack: Any, world: World) -> dict[str, Any]:
     sup = _auth(stack, "supervisor")
     with httpx.Client(base_url=stack.api_url, timeout=60) as api:
@@ -287,13 +297,7 @@ def test_worker_killed_between_send_and_record_delivers_once(stack: Any, databas
                 FOR EACH ROW EXECUTE FUNCTION itest_hang_{world.tag}()"""
         )
     try:
-        with httpx.Client(base_url=stack.api_url, timeout=30) as api:
-            r = api.post(
-                f"/sla/requests/{rid}/escalate",
-                headers=_auth(stack, "supervisor"),
-                json={"reason": "crash test"},
-            )
-            assert r.status_code == 202, r.text
+        _escalate(stack, rid, "crash test")
         wait_for(lambda: _sms_about(stack, rid), what="the SMS at the gateway")
         wait_for(lambda: _mails_about(stack, rid, "ESCALATED"), what="the mail in the mailbox")
         stack.kill_worker()
@@ -323,6 +327,37 @@ def test_worker_killed_between_send_and_record_delivers_once(stack: Any, databas
     # The mail really was sent a second time, and the mailbox dropped the copy.
     assert stack.mail_sink is not None
     assert any(f"<sla.request.{rid}.escalate." in mid for mid in stack.mail_sink.duplicates())
+    assert request_row(databases.app_url, rid)["priority"] == "critical"
+
+
+def test_escalation_without_supervisor_phones_mails_and_records_the_sms_suppressed(
+    stack: Any, databases: Any
+) -> None:
+    world = make_world(databases.app_url, secrets.token_hex(3))
+    with psycopg.connect(databases.app_url) as conn:
+        conn.execute(
+            "UPDATE users SET phone = NULL WHERE department_id = %s AND role = 'supervisor'",
+            (world.dept,),
+        )
+    rid = _triage(stack, databases, world, datetime.now(UTC) + timedelta(hours=30))
+    _escalate(stack, rid, "nobody answers the radio")
+    mails = wait_for(lambda: _mails_about(stack, rid, "ESCALATED"), what="escalation mail")
+    key = f"sla:request:{rid}/escalate/%/sms"
+    with psycopg.connect(databases.opsflow_admin_url) as conn:
+        row = wait_for(
+            lambda: conn.execute(
+                """SELECT status, recipients FROM notifications
+                   WHERE idempotency_key LIKE %s AND status <> 'pending'""",
+                (key,),
+            ).fetchone(),
+            what="the SMS ledger row",
+        )
+    # Nobody to text: the ledger says so and the gateway got nothing; the mail still went.
+    assert row == ("suppressed", [])
+    assert _sms_about(stack, rid) == []
+    assert len(mails) == 1 and all(a in str(mails[0]["To"]) for a in world.supervisor_emails)
+    log = (stack.logs_dir / "worker.log").read_text(encoding="utf-8", errors="replace")
+    assert f"no supervisor phone to text for request {rid}" in log
     assert request_row(databases.app_url, rid)["priority"] == "critical"
 
 
@@ -358,13 +393,7 @@ def test_failed_sms_is_retried_recorded_and_delivered_once(stack: Any, databases
     # The gateway refuses the next two posts (503): the ledger says failed, then sent.
     sink = f"http://127.0.0.1:{stack.ports.sms}"
     assert httpx.post(f"{sink}/_sink/faults", json={"fail_next": 2}).status_code == 200
-    with httpx.Client(base_url=stack.api_url, timeout=30) as api:
-        r = api.post(
-            f"/sla/requests/{rid}/escalate",
-            headers=_auth(stack, "supervisor"),
-            json={"reason": "gateway flaky"},
-        )
-        assert r.status_code == 202, r.text
+    _escalate(stack, rid, "gateway flaky")
     wait_for(lambda: _sms_about(stack, rid), timeout=60, what="the SMS after two refusals")
     with psycopg.connect(databases.opsflow_admin_url) as conn:
         row = conn.execute(

@@ -349,6 +349,9 @@ class SlaEscalationActivities:
         lookup = supervisors if supervisors is not None else self._supervisors(n.request_id)
         emails, phones = await lookup
         if n.channel == "sms":
+            if not phones:
+                # Recorded as ``suppressed`` below; say so where an engineer looks first.
+                activity.logger.warning("no supervisor phone to text for request %s", n.request_id)
             text = f"{n.subject}\n{n.body}"[:480]
             await deliver_sms(self.ops, self.sms, n.idempotency_key, phones, text)
             return len(phones)
