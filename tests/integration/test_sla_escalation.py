@@ -246,7 +246,8 @@ def test_reconciler_ends_orphans_and_rearms_moved_due_times(stack: Any, database
     assert _watch_row(databases, resolved_outside)[0] == "resolved"  # type: ignore[index]
 
     # The escalate route signals without describing first; a run that ended answers 409 and
-    # a request that never had one 404 - and neither is audited as a signal.
+    # a request that never had one 404. Each attempt was audited before it was sent, and its
+    # failure after: a row "requested" and a row "failed" with the answer, nothing else.
     sup = _auth(stack, "supervisor")
     never = make_request(databases.app_url, world, due=now + timedelta(hours=40))
     with httpx.Client(base_url=stack.api_url, timeout=30) as api:
@@ -261,11 +262,18 @@ def test_reconciler_ends_orphans_and_rearms_moved_due_times(stack: Any, database
         assert missing.status_code == 404, missing.text
     with psycopg.connect(databases.opsflow_admin_url) as conn:
         signals = conn.execute(
-            """SELECT count(*) FROM audit_events
-               WHERE action = 'run.signal' AND workflow_id = ANY(%s)""",
+            """SELECT workflow_id, outcome, details->>'error' FROM audit_events
+               WHERE action = 'run.signal' AND workflow_id = ANY(%s) ORDER BY id""",
             ([f"sla:request:{resolved_outside}", f"sla:request:{never}"],),
-        ).fetchone()
-    assert signals == (0,)
+        ).fetchall()
+    assert [(w, o) for w, o, _ in signals] == [
+        (f"sla:request:{resolved_outside}", "requested"),
+        (f"sla:request:{resolved_outside}", "failed"),
+        (f"sla:request:{never}", "requested"),
+        (f"sla:request:{never}", "failed"),
+    ]
+    assert signals[1][2] == ended.json()["detail"] and "COMPLETED" in signals[1][2]
+    assert signals[3][2] == missing.json()["detail"]
 
 
 def test_worker_killed_between_send_and_record_delivers_once(stack: Any, databases: Any) -> None:

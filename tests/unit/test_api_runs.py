@@ -7,10 +7,11 @@ from urllib.parse import quote
 import pytest
 from temporalio.client import WorkflowExecutionStatus
 from temporalio.common import SearchAttributeKey
+from temporalio.service import RPCError, RPCStatusCode
 
 from opsflow.shared.dev_role_elevation import DevRoleElevationInput, DisableSignal
 from opsflow.shared.roles import Role
-from tests.unit.api_fakes import Harness, SetLevel, make_harness
+from tests.unit.api_fakes import FakeHandle, Harness, SetLevel, make_harness
 
 GRANT = {"reason": "INC-2211: hot-fix the connector", "hours": 4}
 
@@ -176,6 +177,60 @@ def test_signal_roles_unknown_signal_and_closed_run(h: Harness) -> None:
     r = h.http.post(f"/runs/{wid}/signals/disable", headers=h.auth(Role.ADMIN))
     assert r.status_code == 409 and "COMPLETED" in r.json()["detail"]
     assert h.changes() == before
+
+
+def test_signal_is_audited_before_it_is_sent(h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    wid = start(h, "dev-role-elevation", GRANT).json()["id"]
+    run = h.temporal.runs[wid][-1]
+    seen: list[int] = []  # audit rows already written when the signal went out
+    real_signal = FakeHandle.signal
+
+    async def signal(self: FakeHandle, name: str, arg: object = None) -> None:
+        seen.append(len(h.store.events))
+        await real_signal(self, name, arg)
+
+    monkeypatch.setattr(FakeHandle, "signal", signal)
+    events = len(h.store.events)
+    r = h.http.post(f"/runs/{wid}/signals/disable", headers=h.auth(Role.ADMIN))
+    assert r.status_code == 202, r.text
+    assert seen == [events + 1]  # its row was there first
+    row = h.store.events[-1]
+    assert (row.action, row.outcome, row.details["signal"]) == (
+        "run.signal",
+        "requested",
+        "disable",
+    )
+    assert len(h.store.events) == events + 1 and len(run.signals) == 1
+
+    # An audit write that fails answers 503 before anything is sent (a retry cannot send twice).
+    async def audit_down(event: object) -> None:
+        from opsflow.api.errors import ServiceUnavailable
+
+        raise ServiceUnavailable("opsflow database")
+
+    monkeypatch.setattr(h.store, "record_event", audit_down)
+    r = h.http.post(f"/runs/{wid}/signals/disable", headers=h.auth(Role.ADMIN))
+    assert r.status_code == 503, r.text
+    assert len(run.signals) == 1
+
+
+def test_signal_that_fails_after_its_row_gets_a_failed_row(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wid = start(h, "dev-role-elevation", GRANT).json()["id"]
+
+    async def unavailable(self: FakeHandle, name: str, arg: object = None) -> None:
+        raise RPCError("connection refused", RPCStatusCode.UNAVAILABLE, b"")
+
+    monkeypatch.setattr(FakeHandle, "signal", unavailable)
+    r = h.http.post(f"/runs/{wid}/signals/disable", headers=h.auth(Role.ADMIN))
+    assert r.status_code == 503, r.text
+    requested, failed = h.store.events[-2:]
+    assert (requested.action, requested.outcome) == ("run.signal", "requested")
+    assert (failed.action, failed.outcome) == ("run.signal", "failed")
+    assert failed.details["signal"] == "disable"
+    assert failed.details["error"] == "RPCError: connection refused"
+    assert failed.actor == requested.actor == "token:admin-1:admin"
 
 
 def test_update_returns_result_or_validation_error(h: Harness) -> None:

