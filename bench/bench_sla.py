@@ -13,8 +13,9 @@ On a private stack (see :func:`bench.bench_api_start.bench_stack`):
 3. **Escalate**: a random sample of requests of each side is escalated, 20 in flight, then
    one at a time: opsflow through ``POST /sla/requests/{id}/escalate`` (sent with aiohttp,
    lighter than httpx on the two cores the system shares), the baseline with a bare
-   ``handle.signal("escalate")``. Each side starts once the server and the worker are quiet
-   (:func:`_wait_quiet`). An escalation is in flight until its mail is in the
+   ``handle.signal("escalate")``. At 20 in flight each side starts once the server and the
+   worker are quiet (:func:`_wait_quiet`); one at a time the two sides take turns. An
+   escalation is in flight until its mail is in the
    sink (each of 20 senders waits for its mail before the next call). Latency from the call
    to the mail in the SMTP sink (the sink names each file with its receive time), and the
    call's own latency (the API's overhead on a signal).
@@ -444,8 +445,12 @@ async def _run(
         # The escalations go out through aiohttp: httpx cost the bench about 2 ms more CPU
         # per request, on the same two cores as the system measured, and only the API side
         # sends HTTP (the baseline's signals go through the Temporal client).
+        # Idle connections are dropped here after 4 s, before uvicorn's 5 s: reusing one the
+        # API is closing that moment failed a run with ServerDisconnectedError.
         http = aiohttp.ClientSession(
-            base_url=stack.api_url, timeout=aiohttp.ClientTimeout(total=60)
+            base_url=stack.api_url,
+            timeout=aiohttp.ClientTimeout(total=60),
+            connector=aiohttp.TCPConnector(keepalive_timeout=4),
         )
 
         async def via_api(rid: int) -> None:
@@ -459,28 +464,46 @@ async def _run(
                 "escalate", EscalateSignal(reason="bench", actor="bench")
             )
 
+        def figures(part: list[int], calls: list[float], sent: dict[int, float]) -> Any:
+            times = mails.times  # every mail of ``part`` arrived or was waited for
+            lat = [(times[r] - sent[r]) * 1000 for r in part if r in times]
+            return {
+                "call": _summary(calls),
+                "to_mail": _summary(lat),
+                "missing_mails": len(part) - len(lat),
+            }
+
         esc: dict[str, Any] = {}
         try:
-            for label, in_flight, ops_part, base_part in (
-                ("20_in_flight", CONCURRENCY, ops_sample[:half], base_sample[:half]),
-                ("one_at_a_time", 1, ops_sample[half:], base_sample[half:]),
+            # 20 in flight: one side after the other (mixing them would change the load
+            # each side is measured under).
+            esc["20_in_flight"] = {}
+            for side, send, part in (
+                ("opsflow", via_api, ops_sample[:half]),
+                ("baseline", via_client, base_sample[:half]),
             ):
-                figures: dict[str, Any] = {}
-                for side, send, part in (
-                    ("opsflow", via_api, ops_part),
-                    ("baseline", via_client, base_part),
-                ):
-                    await _wait_quiet(stack)
-                    sent: dict[int, float] = {}
-                    calls = await _escalate_all(send, part, in_flight, mails, sent)
-                    times = await mails.wait_all(part)
-                    lat = [(times[r] - sent[r]) * 1000 for r in part if r in times]
-                    figures[side] = {
-                        "call": _summary(calls),
-                        "to_mail": _summary(lat),
-                        "missing_mails": len(part) - len(lat),
-                    }
-                esc[label] = figures
+                await _wait_quiet(stack)
+                sent: dict[int, float] = {}
+                calls = await _escalate_all(send, part, CONCURRENCY, mails, sent)
+                await mails.wait_all(part)
+                esc["20_in_flight"][side] = figures(part, calls, sent)
+            # One at a time: the two sides take turns, so both meet the same moments of the
+            # system (a checkpoint of the server's SQLite, a full collection in the worker)
+            # instead of one side getting the first minute and the other the second.
+            await _wait_quiet(stack)
+            ops_part, base_part = ops_sample[half:], base_sample[half:]
+            sent_ops: dict[int, float] = {}
+            sent_base: dict[int, float] = {}
+            calls_ops: list[float] = []
+            calls_base: list[float] = []
+            for ops_rid, base_rid in zip(ops_part, base_part, strict=True):
+                calls_ops += await _escalate_all(via_api, [ops_rid], 1, mails, sent_ops)
+                calls_base += await _escalate_all(via_client, [base_rid], 1, mails, sent_base)
+            await mails.wait_all(ops_part + base_part)
+            esc["one_at_a_time"] = {
+                "opsflow": figures(ops_part, calls_ops, sent_ops),
+                "baseline": figures(base_part, calls_base, sent_base),
+            }
             report["escalate"] = esc
         finally:
             await http.close()
