@@ -522,7 +522,7 @@ async def send_signal(
 
     async def send() -> None:
         try:
-            await (found.handle.signal(name) if arg is None else found.handle.signal(name, arg))
+            await _signal(found.handle, name, arg)
         except RPCError as exc:
             if exc.status == RPCStatusCode.NOT_FOUND:
                 raise HTTPException(
@@ -557,14 +557,14 @@ async def signal_runbook_run(
 
     async def send() -> None:
         try:
-            await (handle.signal(name) if arg is None else handle.signal(name, arg))
+            await _signal(handle, name, arg)
         except RPCError as exc:
             if exc.status != RPCStatusCode.NOT_FOUND:
                 raise
             found = await find_run(ctx, {spec.name: spec}, workflow_id)  # 404: never existed
             _require_running(found, "signals")  # 409 if it ended
             # A new run started in between: it gets the signal.
-            await (found.handle.signal(name) if arg is None else found.handle.signal(name, arg))
+            await _signal(found.handle, name, arg)
 
     # The run id is not known without a describe: the events name the workflow id.
     await _signal_audited(ctx, spec.name, workflow_id, None, name, send)
@@ -668,6 +668,11 @@ def _require_running(found: FoundRun, what: str) -> None:
                 f"run '{found.desc.id}' is {_status(found.desc)}; {what} go only to running runs"
             ),
         )
+
+
+async def _signal(handle: Any, name: str, arg: Any) -> None:
+    # A signal without a dataclass goes without an argument (None would be sent as one).
+    await (handle.signal(name) if arg is None else handle.signal(name, arg))
 
 
 async def _signal_audited(
