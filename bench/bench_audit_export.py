@@ -24,6 +24,7 @@ Run alone: ``.venv/bin/python -m bench.bench_audit_export [--sizes 1000000,30000
 from __future__ import annotations
 
 import argparse
+import asyncio
 import hashlib
 import json
 import os
@@ -37,6 +38,7 @@ from typing import Any
 import httpx
 import psycopg
 
+from bench.bench_worker import ensure_worker, wait_dbt_warm
 from opsflow.adapters import audit_package
 from opsflow.adapters.crypto import Encryptor, Keyring, new_key_entry
 from opsflow.adapters.s3 import make_s3_client
@@ -210,26 +212,12 @@ def _reset_peak_rss(pid: int) -> None:
         fh.write("5")
 
 
-def _wait_dbt_ready(stack: Any, timeout: float = 60.0) -> None:
-    # The worker warms dbt up in the background when it starts (a production worker has long
-    # done so by 02:00); measure the export, not the worker's start.
-    log = stack.logs_dir / "worker.log"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if log.exists() and "dbt ready" in log.read_text(encoding="utf-8", errors="replace"):
-            return
-        time.sleep(0.2)
-    raise RuntimeError(f"the worker did not warm dbt up within {timeout:.0f} s (see {log})")
-
-
 def step_seconds(stack: Any, workflow_id: str) -> dict[str, float]:
     """Seconds per activity type of a finished run, from its history (scheduled -> closed).
 
     ``closed_at`` is the epoch time of the run's last event (the server's clock, the same
     host's as the bench's): the wall time ends there, not at the next poll of the API.
     """
-    import asyncio
-
     from temporalio.api.enums.v1 import EventType
     from temporalio.client import Client
 
@@ -270,6 +258,8 @@ def run(stack: Any, sizes: list[int]) -> dict[str, Any]:
     settings = stack.settings
     token = stack.make_token("operator", name="bench-audit-export")
     results: list[dict[str, Any]] = []
+    # The start bench's quiet phase leaves the worker stopped; the export needs it.
+    log_offset = ensure_worker(stack)
     for i, cases in enumerate(sizes):
         rows = fill(settings.target_database_url.get_secret_value(), cases)
         env = {**os.environ, **stack.env}
@@ -287,7 +277,9 @@ def run(stack: Any, sizes: list[int]) -> dict[str, Any]:
 
         base = alone("--baseline", f"bench/{i}-baseline.ofae")
         own = alone("--pipeline", f"bench/{i}-pipeline.ofae")
-        _wait_dbt_ready(stack)
+        # The worker warms dbt up in the background when it starts (a production worker has
+        # long done so by 02:00): measure the export, not the worker's start.
+        asyncio.run(wait_dbt_warm(stack, log_offset))
         pid = stack.worker.pid
         _reset_peak_rss(pid)  # a fresh VmHWM: the peak of this export alone
         rss_before = _vm_hwm_mib(pid, "VmRSS")

@@ -4,7 +4,8 @@ On a private stack (see :func:`bench.bench_api_start.bench_stack`):
 
 1. Seeds two organisations of N open, assigned requests each (due times spread over the next
    1 to 5 days, a department with two supervisors): one for opsflow, one for the baseline.
-   The bench then waits for the worker's one-time dbt warm-up (see :func:`_wait_dbt_warm`).
+   The bench then waits for the worker's one-time dbt warm-up (see
+   :func:`bench.bench_worker.wait_dbt_warm`).
 2. **Arm**: opsflow's ``sla-reconciler`` (started over the API, scoped to its organisation)
    starts the N ``sla-escalation`` workflows; the baseline starts the same workflows with a
    bare Temporal client, 20 at a time. Each side: time until every start was accepted, and
@@ -48,6 +49,7 @@ from temporalio import workflow
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from bench.bench_worker import ensure_worker, wait_dbt_warm, worker_log_size
 from opsflow.activities.sla_escalation import signal_with_start
 from opsflow.dev.stack import Stack
 from opsflow.shared import ids
@@ -224,38 +226,6 @@ def _wait_armed(ops_url: str, ids_: list[int], t0: float, timeout: float) -> flo
         time.sleep(0.5)
 
 
-# What the worker logs when its dbt warm-up is over (either way).
-DBT_WARM_UP_DONE = (b"dbt ready (project parsed)", b"dbt warm-up failed")
-
-
-def _worker_log_size(stack: Stack) -> int:
-    """Bytes in the worker's log so far (a later warm-up's line comes after them)."""
-    path = stack.worker.log_path if stack.worker is not None else None
-    return path.stat().st_size if path is not None and path.exists() else 0
-
-
-async def _wait_dbt_warm(stack: Stack, log_offset: int, limit: float = 300) -> float:
-    """Wait until the worker's log, after ``log_offset``, says its dbt warm-up is over.
-
-    A worker imports and parses dbt once, in a thread, at its first quiet second 20 s after
-    it starts (``WORKER_DBT_WARMUP_DELAY``): several seconds of CPU and the GIL. The bench
-    lets that happen before it measures, so a one-time start-up cost does not land in the
-    middle of one side's figures. Only new bytes of the log are read. Returns the seconds
-    waited.
-    """
-    assert stack.worker is not None
-    t0 = time.monotonic()
-    seen = b""
-    while not any(line in seen for line in DBT_WARM_UP_DONE):
-        if time.monotonic() - t0 > limit:
-            raise TimeoutError(f"the worker did not warm up dbt within {limit:.0f} s")
-        await asyncio.sleep(0.5)
-        with stack.worker.log_path.open("rb") as log:
-            log.seek(log_offset + len(seen))
-            seen += log.read()
-    return time.monotonic() - t0
-
-
 def _rss_mb(pid: int | None) -> float | None:
     if pid is None:
         return None
@@ -361,7 +331,7 @@ async def _run(
         "sample_per_side": sample,
         "worker_cache": stack.settings.worker_max_cached_workflows,
     }
-    report["dbt_warm_up_wait_s"] = round(await _wait_dbt_warm(stack, log_offset), 1)
+    report["dbt_warm_up_wait_s"] = round(await wait_dbt_warm(stack, log_offset), 1)
     ops, base = _seed(app_url, "ops", n), _seed(app_url, "base", n)
     admin = {"Authorization": f"Bearer {tokens['admin']}"}
     sup = {"Authorization": f"Bearer {tokens['supervisor']}"}
@@ -518,7 +488,7 @@ async def _run(
                 f"/sla/requests/{rid}/escalate", headers=sup, json={"reason": "bench restart"}
             )
             resp.raise_for_status()
-    log_offset = _worker_log_size(stack)
+    log_offset = worker_log_size(stack)
     t_start = time.time()
     stack.restart_worker(wait=False)
     times = await mails.wait_all(pending, 120)
@@ -530,7 +500,7 @@ async def _run(
     }
     # ---- for scale: the dev server's own cost of a start (an empty workflow), once the
     # restarted worker's dbt warm-up is over
-    await _wait_dbt_warm(stack, log_offset)
+    await wait_dbt_warm(stack, log_offset)
     report["server_floor"] = await _server_floor(stack, client, min(n, FLOOR_STARTS))
     return report
 
@@ -538,10 +508,7 @@ async def _run(
 def run(stack: Stack, n: int = 10_000, sample: int = 500) -> dict[str, Any]:
     """Run the SLA bench on ``stack``; return its figures."""
     # The start bench leaves the worker stopped (its quiet phase).
-    log_offset = 0  # a worker running since the stack started: its whole log counts
-    if stack.worker is None or not stack.worker.running():
-        log_offset = _worker_log_size(stack)
-        stack.restart_worker()
+    log_offset = ensure_worker(stack)
     tokens = {
         role: stack.make_token(role, name=f"bench-sla-{role}") for role in ("admin", "supervisor")
     }
