@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import hashlib
 import os
@@ -34,6 +35,7 @@ from opsflow.adapters.sms import SmsGateway
 from opsflow.catalog import ALL_WORKFLOWS, RUNBOOKS
 from opsflow.config import Settings, load_settings
 from opsflow.worker.client import connect, metrics_runtime
+from opsflow.worker.gc_watch import GcPauseWatch
 from opsflow.worker.interceptors import LogContextInterceptor
 
 log = structlog.get_logger("opsflow.worker")
@@ -162,6 +164,10 @@ async def run(settings: Settings) -> None:
     # What is imported and built by now lives as long as the process: out of the collector's
     # full passes, each of which walked all of it (0.1 s, several times in a restart's backlog).
     gc.freeze()
+    # A full pass over tens of thousands of cached workflows takes over a second: say so.
+    gc_watch = GcPauseWatch()
+    gc_watch.install()
+    gc_reports = asyncio.create_task(gc_watch.report())
     # The audit export's dbt import and project parse (~2 s) happen soon after the start,
     # once the backlog a restart finds is served, and not in the first export.
     dbt.warm_up_in_background(
@@ -180,6 +186,10 @@ async def run(settings: Settings) -> None:
     async with worker:
         await stop.wait()
         log.info("worker stopping gracefully")
+    gc_reports.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await gc_reports
+    gc_watch.remove()
     await sms.aclose()
     await asyncio.to_thread(mailer.close)
     await ops_pool.close()
