@@ -515,6 +515,14 @@ def run(stack: Stack, n: int = 10_000, sample: int = 500) -> dict[str, Any]:
     return asyncio.run(_run(stack, n, sample, tokens, log_offset))
 
 
+# The issue's goals, beside the figures they are about.
+MAIL_P99_GOALS = {"20_in_flight": "goal < 600 ms", "one_at_a_time": "goal < 150 ms"}
+# The API's overhead is its own cost on a signal, measured one at a time. With 20 in flight
+# both cores are busy and each of the API's steps also waits for a core, behind the server's
+# and the worker's work: that figure is there for what a caller sees, not for the goal.
+OVERHEAD_NOTES = {"one_at_a_time": " (goal < 10 ms)", "20_in_flight": " (cores busy)"}
+
+
 def rows_for_table(out: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     """Rows for the bench table: measure, opsflow, baseline, comparison."""
     arm = out["arm"]
@@ -560,7 +568,7 @@ def rows_for_table(out: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                     f"  call -> mail {q}",
                     f"{o['to_mail'][q + '_ms']} ms",
                     f"{b['to_mail'][q + '_ms']} ms",
-                    "",
+                    MAIL_P99_GOALS.get(label, "") if q == "p99" else "",
                 )
             )
         # The p50 beside the p99: the p99 of 250 calls is the third slowest, and its
@@ -571,7 +579,8 @@ def rows_for_table(out: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                     f"  call itself {q}",
                     f"{o['call'][q + '_ms']} ms",
                     f"{b['call'][q + '_ms']} ms",
-                    f"overhead {o['call'][q + '_ms'] - b['call'][q + '_ms']:+.1f} ms",
+                    f"overhead {o['call'][q + '_ms'] - b['call'][q + '_ms']:+.1f} ms"
+                    + (OVERHEAD_NOTES.get(label, "") if q == "p99" else ""),
                 )
             )
     floor = out["server_floor"]
